@@ -1,0 +1,108 @@
+"""`sam3d-med <command>`: the command line. Each command is a thin shell over the package API.
+
+Errors the user can act on (``Sam3dMedError``) are printed as one line, ``error: ...``, with exit
+status 1; usage errors exit with 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import Sam3dMedError
+
+
+def _add_phantom(sub):
+    p = sub.add_parser("phantom", help="write SYNTHETIC heart-phantom cases in the TotalSegmentator layout")
+    p.add_argument("--out", required=True, help="output folder (sNNNN/sNNNN-image.nii.gz, sNNNN-label.nii.gz)")
+    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first_index", type=int, default=1, help="number of the first case (s0001)")
+    p.add_argument("--orientation", default="LAS", help="array axis codes of the written files, e.g. LAS, RAS, LPS, PIR")
+    p.add_argument("--oblique_deg", type=float, default=0.0, help="rotate the grid about world z (oblique acquisition)")
+    p.set_defaults(func=cmd_phantom)
+
+
+def cmd_phantom(args) -> int:
+    from .data.phantom import write_phantom_dataset
+
+    if args.cases < 1:
+        raise Sam3dMedError("--cases must be at least 1")
+    folders = write_phantom_dataset(args.out, args.cases, seed=args.seed, axcodes=args.orientation,
+                                    oblique_deg=args.oblique_deg, first_index=args.first_index, progress=True)
+    print(f"wrote {len(folders)} synthetic cases to {args.out}")
+    return 0
+
+
+def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
+    from .data.preprocess import default_workers
+
+    p.add_argument("--original_nifti_dir", "--input", dest="input_dir", required=True,
+                   help="folder of case folders sNNNN/ with sNNNN-image.nii.gz and sNNNN-label.nii.gz")
+    p.add_argument("--out", "--out_dir", dest="out_dir", required=True, help="cache folder to write")
+    p.add_argument("--classes", type=int, default=5, help="number of foreground labels (1..classes)")
+    p.add_argument("--class_names", default=None,
+                   help="comma-separated names of labels 1..classes (default: the input's classes.json, "
+                        "else the TotalSegmentator heart order)")
+    p.add_argument("--spacing", type=float, default=3.0, help="isotropic voxel size in mm to resample to")
+    p.add_argument("--axes", default="0,1,2", help="array axes (RAS+ canonical) to slice along, e.g. 0,1,2 or 2")
+    p.add_argument("--extract_mesh", action="store_true", help="write a surface mesh per class (meshes/*.obj)")
+    p.add_argument("--compress", action="store_true", help="compress the slice .npz files (smaller, slower)")
+    p.add_argument("--workers", type=int, default=default_workers(), help="processes (cases run in parallel)")
+    p.add_argument("--overwrite", action="store_true", help="redo cases that are already finished")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def cmd_preprocess(args) -> int:
+    from .data.preprocess import PreprocessOptions, parse_axes, resolve_class_names, run_preprocess
+
+    if args.classes < 1:
+        raise Sam3dMedError("--classes must be at least 1")
+    if args.spacing <= 0:
+        raise Sam3dMedError("--spacing must be positive (mm)")
+    input_dir = Path(args.input_dir)
+    names, source = resolve_class_names(input_dir, args.classes, args.class_names)
+    print(f"class names ({source}): " + ", ".join(f"{k}={v}" for k, v in sorted(names.items())), file=sys.stderr)
+    options = PreprocessOptions(classes=args.classes, spacing_mm=args.spacing, axes=parse_axes(args.axes),
+                                extract_mesh=args.extract_mesh, compress=args.compress, class_names=names)
+    summary = run_preprocess(input_dir, args.out_dir, options, workers=args.workers,
+                             overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"processed {len(summary.processed)}, already done {len(summary.reused)}, "
+          f"skipped {len(summary.failed)}; manifest: {summary.manifest_path}")
+    if summary.failed:
+        print(f"error: {len(summary.failed)} cases skipped because of bad input: "
+              + ", ".join(sorted(summary.failed)), file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sam3d-med", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_phantom(sub)
+    p = sub.add_parser("preprocess", help="NIfTI cases -> per-slice cache, SDFs, meshes, manifest")
+    add_preprocess_arguments(p)
+    p.set_defaults(func=cmd_preprocess)
+    return parser
+
+
+def run_command(func, args) -> int:
+    """Run a command function; user-facing errors become one line on stderr and exit status 1."""
+    try:
+        return int(func(args) or 0)
+    except Sam3dMedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished files are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

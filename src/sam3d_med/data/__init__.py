@@ -1,0 +1,1 @@
+"""Data: the synthetic heart phantom, preprocessing into per-slice caches, and datasets."""

@@ -1,0 +1,92 @@
+"""Voxel/world geometry: isotropic resampling, slice extraction, and pointmaps.
+
+Array conventions (see ``sam3d_med.io.nifti``): volumes are indexed [i, j, k]; ``affine`` maps
+``[i, j, k, 1]`` to world RAS+ mm. A slice along ``axis`` a at index s keeps the two other array
+axes in increasing order, so its pixel [h, w] is voxel:
+  axis 0: [s, h, w]     axis 1: [h, s, w]     axis 2: [h, w, s]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ..io.nifti import voxel_spacing_mm
+
+
+def isotropic_grid(shape_ijk: tuple[int, int, int], affine: np.ndarray, spacing_mm: float):
+    """The grid covering the same field of view as (shape, affine) with ``spacing_mm`` voxels.
+
+    The new grid starts at the outer edge of the old first voxel (field of view kept, not voxel
+    centres), so an object keeps its world position. Returns (new_shape, new_affine,
+    old_index_of_new_index) where the last is a 3x4 matrix mapping new [i,j,k,1] to old voxel
+    coordinates (fractional).
+    """
+    old_spacing = voxel_spacing_mm(affine)
+    factor = spacing_mm / old_spacing  # new voxel size in units of old voxels, per axis
+    extent = np.asarray(shape_ijk, dtype=np.float64)  # field of view in old voxels
+    new_shape = tuple(int(max(1, round(n))) for n in extent / factor)
+    new_to_old = np.zeros((3, 4))
+    new_to_old[:3, :3] = np.diag(factor)
+    # centre of new voxel 0 sits half a new voxel inside the old field of view's edge (-0.5)
+    new_to_old[:3, 3] = -0.5 + 0.5 * factor
+    new_affine = np.asarray(affine, dtype=np.float64) @ np.vstack([new_to_old, [0, 0, 0, 1]])
+    return new_shape, new_affine, new_to_old
+
+
+def resample_isotropic(data: np.ndarray, affine: np.ndarray, spacing_mm: float, order: int):
+    """Resample an [i,j,k] volume to ``spacing_mm`` isotropic voxels (order 1 = linear, 0 = nearest).
+
+    Returns (data, affine). Unchanged (no copy) when the spacing already matches within 1e-3 mm.
+    Voxels outside the old grid take the nearest edge value.
+    """
+    if np.allclose(voxel_spacing_mm(affine), spacing_mm, atol=1e-3):
+        return data, np.asarray(affine, dtype=np.float64)
+    new_shape, new_affine, new_to_old = isotropic_grid(data.shape, affine, spacing_mm)
+    out = ndimage.affine_transform(
+        data.astype(np.float32) if order > 0 else data,
+        new_to_old[:3, :3],
+        offset=new_to_old[:3, 3],
+        output_shape=new_shape,
+        order=order,
+        mode="nearest",
+        prefilter=False,
+    )
+    return out, new_affine
+
+
+def take_slice(volume: np.ndarray, axis: int, index: int, leading: int = 0) -> np.ndarray:
+    """The slice of a volume at ``index`` along array axis ``axis`` (a view, no copy).
+
+    ``leading`` counts axes before [i, j, k] (1 for channel-first (C, I, J, K) arrays), so the
+    result is [h, w] or (C, h, w).
+    """
+    return volume[(slice(None),) * (leading + axis) + (index,)]
+
+
+def slice_voxel_indices(shape_ijk: tuple[int, int, int], axis: int, index: int) -> np.ndarray:
+    """Voxel indices (3, H, W) [i, j, k] of every pixel of the slice (order as ``take_slice``)."""
+    grids = [np.arange(n, dtype=np.float64) for n in shape_ijk]
+    grids[axis] = np.array([float(index)])
+    ii, jj, kk = np.meshgrid(*grids, indexing="ij")
+    return np.stack([take_slice(g, axis, 0) for g in (ii, jj, kk)])
+
+
+def slice_pointmap(shape_ijk: tuple[int, int, int], affine: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """World RAS+ mm (3, H, W) of each pixel's voxel centre: ``affine @ [i, j, k, 1]``."""
+    ijk = slice_voxel_indices(shape_ijk, axis, index)
+    affine = np.asarray(affine, dtype=np.float64)
+    world = np.einsum("ab,bhw->ahw", affine[:3, :3], ijk) + affine[:3, 3, None, None]
+    return world
+
+
+def world_to_voxel(points_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Map world RAS+ mm points (..., 3) to fractional voxel indices (..., 3) [i, j, k]."""
+    inv = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+    return points_mm @ inv[:3, :3].T + inv[:3, 3]
+
+
+def voxel_to_world(points_ijk: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Map voxel indices (..., 3) [i, j, k] to world RAS+ mm (..., 3)."""
+    affine = np.asarray(affine, dtype=np.float64)
+    return points_ijk @ affine[:3, :3].T + affine[:3, 3]

@@ -1,0 +1,77 @@
+"""Signed distance volumes and surface meshes of label masks, in world millimetres."""
+
+from __future__ import annotations
+
+import numpy as np
+import trimesh
+from scipy import ndimage
+from skimage import measure
+
+from ..io.nifti import voxel_spacing_mm
+from .geometry import voxel_to_world
+
+
+def signed_distance_mm(mask_ijk: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
+    """Signed distance (float32, mm) of an [i,j,k] boolean mask; negative inside, positive outside.
+
+    Inside voxels hold minus the distance from their centre to the nearest outside voxel centre,
+    outside voxels the distance to the nearest inside voxel centre. Between an inside and an outside
+    neighbour the values are -s and +s, so the zero level (linear interpolation) lies on the voxel
+    faces, i.e. on the mask's boundary. An empty mask gives +diagonal of the volume everywhere (no
+    surface anywhere; "far outside"); a full mask gives -diagonal.
+    """
+    mask = np.asarray(mask_ijk, dtype=bool)
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    diagonal = float(np.linalg.norm(np.asarray(mask.shape) * spacing))
+    if not mask.any():
+        return np.full(mask.shape, diagonal, dtype=np.float32)
+    if mask.all():
+        return np.full(mask.shape, -diagonal, dtype=np.float32)
+    sdf = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    # Inside distances only need the mask's bounding box grown by one voxel: for a point inside the
+    # box, the nearest background voxel is never farther than that one-voxel background ring
+    # (project any farther background voxel onto the ring: every coordinate difference shrinks).
+    # Exact, and ~40x cheaper than a transform of the whole volume for a small structure.
+    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in ndimage.find_objects(mask.astype(np.uint8))[0])
+    inside = ndimage.distance_transform_edt(mask[box], sampling=spacing)
+    sdf[box] -= inside
+    return sdf.astype(np.float32)
+
+
+def mask_surface_mesh(sdf_ijk_mm: np.ndarray, affine: np.ndarray) -> trimesh.Trimesh | None:
+    """Watertight surface (world RAS+ mm, outward normals) of the zero level of a signed distance.
+
+    Between an inside (-s) and an outside (+s) neighbour the surface falls on the shared voxel face,
+    so the enclosed volume follows the voxel count (measured: within 3 % for ellipsoids of radius 4
+    voxels and up, tests/data/test_surfaces.py). The volume is padded with "outside" so every
+    surface closes. Returns None when there is no surface (empty or full mask).
+    """
+    inside = sdf_ijk_mm < 0
+    if not inside.any() or inside.all():
+        return None
+    # Only the mask's bounding box (grown by one voxel, then padded with "outside") can hold
+    # surface: marching cubes on that box is ~10x cheaper than on the whole volume.
+    box = ndimage.find_objects(inside.astype(np.uint8))[0]
+    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+    origin = np.array([s.start for s in box], dtype=np.float64) - 1.0  # -1: the padding
+    pad_value = float(np.abs(sdf_ijk_mm).max())
+    padded = np.pad(sdf_ijk_mm[box], 1, mode="constant", constant_values=pad_value)
+    # With our sign convention (negative inside), "descent" gives outward-facing triangles (checked
+    # by tests/data/test_surfaces.py: positive volume, normals away from the centroid).
+    verts, faces, _, _ = measure.marching_cubes(padded, level=0.0, gradient_direction="descent")
+    verts_world = voxel_to_world(verts + origin, affine)
+    if np.linalg.det(np.asarray(affine)[:3, :3]) < 0:
+        faces = faces[:, ::-1]  # a mirroring affine flips the triangles' winding
+    # Marching cubes already shares vertices between faces: no merge pass needed. That normals
+    # point outwards (positive volume) for both affine handednesses is checked by the tests.
+    return trimesh.Trimesh(vertices=verts_world, faces=faces, process=False)
+
+
+def mesh_obj_text(mesh: trimesh.Trimesh) -> str:
+    """OBJ text of a mesh; 5 decimals of a mm are far below any CT resolution."""
+    return trimesh.exchange.obj.export_obj(mesh, include_normals=False, include_color=False,
+                                           include_texture=False, digits=5)
+
+
+def voxel_volume_mm3(mask_ijk: np.ndarray, affine: np.ndarray) -> float:
+    return float(np.count_nonzero(mask_ijk) * np.prod(voxel_spacing_mm(affine)))

@@ -1,0 +1,1 @@
+"""File input/output: NIfTI volumes with their geometry, and atomic writes."""
