@@ -77,6 +77,25 @@ def cmd_preprocess(args) -> int:
     return 0
 
 
+def add_download_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", default="facebook/sam-3d-objects", help="Hugging Face model repository")
+    p.add_argument("--out", "--out_dir", dest="out_dir", default="checkpoints/hf", help="folder for the files")
+    p.add_argument("--revision", default="main", help="branch, tag or commit")
+    p.add_argument("--token", default=None, help="Hugging Face access token (default: HF_TOKEN or `hf auth login`)")
+    p.add_argument("--endpoint", default=None, help="Hub address (default: HF_ENDPOINT or the public Hub)")
+    p.add_argument("--all", dest="everything", action="store_true",
+                   help="every file pipeline.yaml names (default: the sparse-structure stage only)")
+
+
+def cmd_download(args) -> int:
+    from .model.hub import download_checkpoints
+
+    paths = download_checkpoints(args.repo, args.out_dir, revision=args.revision, token=args.token,
+                                 endpoint=args.endpoint, everything=args.everything)
+    print(f"{len(paths)} files verified in {args.out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam3d-med", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("preprocess", help="NIfTI cases -> per-slice cache, SDFs, meshes, manifest")
     add_preprocess_arguments(p)
     p.set_defaults(func=cmd_preprocess)
+    p = sub.add_parser("download", help="download the official SAM 3D Objects weights and configs")
+    add_download_arguments(p)
+    p.set_defaults(func=cmd_download)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The SAM3D sparse-structure model, official checkpoints and their download."""

@@ -1,0 +1,179 @@
+"""Download of the official SAM 3D Objects weights and configs from the Hugging Face Hub (step 1).
+
+The Hub repository ``facebook/sam-3d-objects`` keeps its files under ``checkpoints/``; the official
+instructions move that folder's content to ``checkpoints/hf``. We write the same flat layout into
+``out_dir`` (``out_dir/pipeline.yaml``, ``out_dir/ss_generator.ckpt``, ...).
+
+``pipeline.yaml`` is fetched first: it names each component's config and checkpoint
+(``<component>_config_path``, ``<component>_ckpt_path``), so the files fetched are the ones the
+pipeline really uses. By default only the sparse-structure stage (generator, decoder, encoder),
+which is what sam3d-med fine-tunes; ``everything=True`` fetches every file pipeline.yaml names.
+
+Files are fetched with ``huggingface_hub.hf_hub_download`` into ``out_dir/.hf_download`` (its
+metadata makes re-runs skip finished files, and an interrupted transfer resumes from the partial
+file), then hard-linked (copied where links fail) into ``out_dir``. The folder is verified at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from ..errors import Sam3dMedError
+from ..io.atomic import atomic_path, atomic_write_json
+
+DEFAULT_REPO = "facebook/sam-3d-objects"
+REPO_SUBFOLDER = "checkpoints"
+PIPELINE_FILE = "pipeline.yaml"
+SS_COMPONENTS = ("ss_generator", "ss_decoder", "ss_encoder")
+# Used only for components that pipeline.yaml does not name (the names of the official release).
+FALLBACK_FILES = {
+    "ss_generator": ("ss_generator.yaml", "ss_generator.ckpt"),
+    "ss_decoder": ("ss_decoder.yaml", "ss_decoder.ckpt"),
+    "ss_encoder": ("ss_encoder.yaml", "ss_encoder.safetensors"),
+}
+STAGING_DIR = ".hf_download"
+INFO_FILE = "download_info.json"
+
+
+class DownloadError(Sam3dMedError):
+    """The download could not be done; the message says why and what to do."""
+
+
+def files_named_in_pipeline(pipeline: dict, everything: bool) -> list[str]:
+    """File names (basenames) of the configs and checkpoints that pipeline.yaml names.
+
+    Keys look like ``ss_generator_config_path`` / ``ss_generator_ckpt_path``; values may carry a
+    folder or interpolation prefix, only the file name is kept.
+    """
+    named: dict[str, list[str]] = {}
+    for key, value in (pipeline or {}).items():
+        if not isinstance(value, str) or not key.endswith(("_config_path", "_ckpt_path")):
+            continue
+        component = key.rsplit("_", 2)[0]
+        named.setdefault(component, []).append(PurePosixPath(value).name)
+    components = sorted(named) if everything else list(SS_COMPONENTS)
+    files = []
+    for component in components:
+        files += named.get(component) or list(FALLBACK_FILES.get(component, ()))
+    return list(dict.fromkeys(files))
+
+
+def _explain_hub_error(exc: Exception, repo_id: str, endpoint: str, filename: str) -> DownloadError:
+    """Turn a huggingface_hub/httpx exception into one actionable line."""
+    from huggingface_hub import errors as hf_errors
+
+    access = (f"request access at {endpoint}/{repo_id} (log in, accept the licence), then authenticate with "
+              f"`hf auth login`, the HF_TOKEN environment variable, or --token")
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, hf_errors.GatedRepoError) or status == 403:
+        return DownloadError(f"{repo_id} is gated and this token has not been granted access (HTTP 403): {access}")
+    if status == 401 or isinstance(exc, hf_errors.RepositoryNotFoundError):
+        return DownloadError(f"the Hub refused {repo_id} without a valid token (HTTP {status or 401}): {access}")
+    if isinstance(exc, hf_errors.RevisionNotFoundError):
+        return DownloadError(f"{repo_id}: revision not found ({exc.__class__.__name__})")
+    if isinstance(exc, hf_errors.RemoteEntryNotFoundError):
+        return DownloadError(f"{repo_id} has no file {filename} at this revision")
+    if isinstance(exc, (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled, ConnectionError, OSError)) \
+            or exc.__class__.__module__.startswith("httpx"):
+        return DownloadError(
+            f"cannot reach the Hugging Face Hub at {endpoint} while fetching {filename} (no network, a proxy, or "
+            f"HF_HUB_OFFLINE set): download on a machine with access and copy the folder, or set HF_ENDPOINT to a mirror")
+    return DownloadError(f"download of {filename} from {repo_id} failed: {exc.__class__.__name__}: {exc}")
+
+
+def _fetch(repo_id: str, filename: str, staging: Path, revision: str, token: str | None, endpoint: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(repo_id, f"{REPO_SUBFOLDER}/{filename}", revision=revision, local_dir=staging,
+                               token=token, endpoint=endpoint)
+    except Exception as exc:  # every failure becomes one line; huggingface_hub raises many types
+        raise _explain_hub_error(exc, repo_id, endpoint, filename) from None
+    return Path(path)
+
+
+def _place(source: Path, target: Path) -> None:
+    """Put the downloaded file at ``target`` without a second copy where the filesystem allows."""
+    if target.exists() and os.path.samefile(source, target):
+        return
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
+def verify_checkpoint_folder(folder: str | Path, filenames: list[str]) -> list[str]:
+    """Problems found in ``folder`` for the expected files (empty list: all good).
+
+    YAML must parse to a mapping; ``.ckpt``/``.pt`` must be a torch zip archive or a pickle;
+    ``.safetensors`` must have a readable header.
+    """
+    folder = Path(folder)
+    problems = []
+    for name in filenames:
+        path = folder / name
+        if not path.is_file() or path.stat().st_size == 0:
+            problems.append(f"{name}: missing or empty")
+            continue
+        try:
+            if name.endswith((".yaml", ".yml")):
+                if not isinstance(yaml.safe_load(path.read_text()), dict):
+                    problems.append(f"{name}: not a YAML mapping")
+            elif name.endswith((".ckpt", ".pt", ".pth")):
+                with open(path, "rb") as fh:
+                    head = fh.read(2)
+                if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+                    problems.append(f"{name}: not a torch checkpoint (neither zip archive nor pickle)")
+            elif name.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="numpy") as fh:
+                    fh.keys()
+        except Exception as exc:  # a corrupt file of any kind is reported, not raised
+            problems.append(f"{name}: unreadable ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})")
+    return problems
+
+
+def download_checkpoints(repo_id: str, out_dir: str | Path, *, revision: str = "main", token: str | None = None,
+                         endpoint: str | None = None, everything: bool = False, log=print) -> list[Path]:
+    """Fetch pipeline.yaml and the files it names into ``out_dir``; returns their paths there."""
+    from huggingface_hub import constants
+
+    endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
+    out_dir = Path(out_dir)
+    staging = out_dir / STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+
+    pipeline_path = _fetch(repo_id, PIPELINE_FILE, staging, revision, token, endpoint)
+    try:
+        pipeline = yaml.safe_load(pipeline_path.read_text())
+    except yaml.YAMLError as exc:
+        raise DownloadError(f"{repo_id}/{PIPELINE_FILE} is not valid YAML ({exc.__class__.__name__})") from None
+    wanted = [PIPELINE_FILE] + files_named_in_pipeline(pipeline, everything)
+    log(f"fetching {len(wanted)} files from {repo_id}@{revision}: {', '.join(wanted)}")
+    placed = []
+    for name in wanted:
+        source = pipeline_path if name == PIPELINE_FILE else _fetch(repo_id, name, staging, revision, token, endpoint)
+        _place(source, out_dir / name)
+        placed.append(out_dir / name)
+    problems = verify_checkpoint_folder(out_dir, wanted)
+    if problems:
+        raise DownloadError(f"{out_dir}: downloaded files failed verification: " + "; ".join(problems))
+    atomic_write_json(out_dir / INFO_FILE, {
+        "repo_id": repo_id, "revision": revision, "endpoint": endpoint,
+        "files": {p.name: p.stat().st_size for p in placed},
+    })
+    return placed
+
+
+def read_download_info(folder: str | Path) -> dict | None:
+    path = Path(folder) / INFO_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,138 @@
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.numpy import save as save_safetensors
+
+from sam3d_med.model.hub import DownloadError, download_checkpoints, files_named_in_pipeline, verify_checkpoint_folder
+from tests.model.hub_stub import HubStub
+
+REPO = "facebook/sam-3d-objects"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "download_hf_checkpoints.py"
+
+
+def official_like_files() -> dict[str, bytes]:
+    """Small files in the layout of the official repository (under checkpoints/)."""
+    pipeline = {
+        "ss_generator_config_path": "ss_generator.yaml", "ss_generator_ckpt_path": "ss_generator.ckpt",
+        "ss_decoder_config_path": "ss_decoder.yaml", "ss_decoder_ckpt_path": "ss_decoder.ckpt",
+        "ss_encoder_config_path": "ss_encoder.yaml", "ss_encoder_ckpt_path": "ss_encoder.safetensors",
+        "slat_generator_config_path": "slat_generator.yaml", "slat_generator_ckpt_path": "slat_generator.ckpt",
+        "ss_inference_steps": 25,
+    }
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.arange(300_000, dtype=torch.float32)}}, buf)
+    generator = buf.getvalue()
+    buf = io.BytesIO()
+    torch.save({"conv.weight": torch.ones(3)}, buf)
+    files = {
+        "pipeline.yaml": yaml.safe_dump(pipeline).encode(),
+        "ss_generator.yaml": b"model: {depth: 24}\n", "ss_generator.ckpt": generator,
+        "ss_decoder.yaml": b"model: {channels: [512, 128, 32]}\n", "ss_decoder.ckpt": buf.getvalue(),
+        "ss_encoder.yaml": b"model: {}\n", "ss_encoder.safetensors": save_safetensors({"x": np.zeros(4, np.float32)}),
+        "slat_generator.yaml": b"model: {}\n", "slat_generator.ckpt": buf.getvalue(),
+    }
+    return {f"checkpoints/{k}": v for k, v in files.items()}
+
+
+@pytest.fixture(autouse=True)
+def isolated_hub_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+def test_pipeline_names_the_files():
+    pipeline = yaml.safe_load(official_like_files()["checkpoints/pipeline.yaml"])
+    assert sorted(files_named_in_pipeline(pipeline, everything=False)) == sorted([
+        "ss_generator.yaml", "ss_generator.ckpt", "ss_decoder.yaml", "ss_decoder.ckpt",
+        "ss_encoder.yaml", "ss_encoder.safetensors"])
+    assert "slat_generator.ckpt" in files_named_in_pipeline(pipeline, everything=True)
+    # a path with a folder prefix keeps only the file name; an absent component falls back
+    assert files_named_in_pipeline({"ss_generator_ckpt_path": "${ckpt_dir}/gen.ckpt"}, False)[0] == "gen.ckpt"
+
+
+def test_download_with_token_resumes_an_interrupted_transfer_and_verifies(tmp_path, monkeypatch):
+    # The client resumes from the last chunk it stored: small chunks make that point fall inside
+    # this small file (real checkpoints are many 10 MB chunks long).
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 64 * 1024)
+    files = official_like_files()
+    size = len(files["checkpoints/ss_generator.ckpt"])
+    with HubStub(REPO, files, token="hf_secret", break_after={"checkpoints/ss_generator.ckpt": size // 3}) as hub:
+        out = tmp_path / "checkpoints" / "hf"
+        paths = download_checkpoints(REPO, out, token="hf_secret", endpoint=hub.endpoint, log=lambda m: None)
+        ranges = [r for (method, path, r) in hub.requests if method == "GET" and path.endswith("ss_generator.ckpt")]
+    resumed_at = int(ranges[1].removeprefix("bytes=").rstrip("-"))  # the second request resumed
+    assert ranges[0] is None and 0 < resumed_at <= size // 3
+    assert sorted(p.name for p in paths) == sorted(["pipeline.yaml", "ss_generator.yaml", "ss_generator.ckpt",
+                                                    "ss_decoder.yaml", "ss_decoder.ckpt", "ss_encoder.yaml",
+                                                    "ss_encoder.safetensors"])
+    for p in paths:
+        assert p.read_bytes() == files[f"checkpoints/{p.name}"]
+    assert not (out / "slat_generator.ckpt").exists()
+    loaded = torch.load(out / "ss_generator.ckpt", weights_only=True)
+    assert torch.equal(loaded["state_dict"]["w"], torch.arange(300_000, dtype=torch.float32))
+
+
+def test_rerun_fetches_nothing_again(tmp_path):
+    with HubStub(REPO, official_like_files()) as hub:
+        download_checkpoints(REPO, tmp_path, endpoint=hub.endpoint, log=lambda m: None)
+        first_gets = sum(1 for m, _, _ in hub.requests if m == "GET")
+        download_checkpoints(REPO, tmp_path, endpoint=hub.endpoint, log=lambda m: None)
+        assert sum(1 for m, _, _ in hub.requests if m == "GET") == first_gets
+
+
+def test_no_token_gated_and_missing_file_give_clear_messages(tmp_path):
+    with HubStub(REPO, official_like_files(), token="hf_secret") as hub:
+        with pytest.raises(DownloadError, match=r"HTTP 401.*request access at .*facebook/sam-3d-objects.*HF_TOKEN"):
+            download_checkpoints(REPO, tmp_path / "a", endpoint=hub.endpoint, log=lambda m: None)
+    with HubStub(REPO, official_like_files(), granted=False) as hub:
+        with pytest.raises(DownloadError, match=r"gated.*HTTP 403.*request access"):
+            download_checkpoints(REPO, tmp_path / "b", token="hf_other", endpoint=hub.endpoint, log=lambda m: None)
+    files = official_like_files()
+    del files["checkpoints/ss_decoder.ckpt"]
+    with HubStub(REPO, files) as hub:
+        with pytest.raises(DownloadError, match="has no file ss_decoder.ckpt"):
+            download_checkpoints(REPO, tmp_path / "c", endpoint=hub.endpoint, log=lambda m: None)
+
+
+def test_no_network_gives_one_clear_message(tmp_path, monkeypatch):
+    import huggingface_hub.utils._http as hf_http
+    monkeypatch.setattr(hf_http.time, "sleep", lambda s: None)  # the client's retry back-off: 23 s of waiting
+    with HubStub(REPO, {}) as hub:
+        closed = hub.endpoint  # nothing listens there once the stub has stopped
+    with pytest.raises(DownloadError, match="cannot reach the Hugging Face Hub"):
+        download_checkpoints(REPO, tmp_path, endpoint=closed, log=lambda m: None)
+
+
+def test_verification_finds_corrupt_files(tmp_path):
+    (tmp_path / "a.ckpt").write_bytes(b"definitely not a checkpoint")
+    (tmp_path / "b.safetensors").write_bytes(b"\x00\x01")
+    (tmp_path / "c.yaml").write_text("- a list\n")
+    problems = verify_checkpoint_folder(tmp_path, ["a.ckpt", "b.safetensors", "c.yaml", "d.ckpt"])
+    assert [p.split(":")[0] for p in problems] == ["a.ckpt", "b.safetensors", "c.yaml", "d.ckpt"]
+
+
+@pytest.mark.e2e
+def test_tutorial_command_against_the_stub(tmp_path):
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_TOKEN", None)
+    with HubStub(REPO, official_like_files(), token="hf_secret") as hub:
+        env["HF_ENDPOINT"] = hub.endpoint
+        args = [sys.executable, str(SCRIPT), "--repo", REPO, "--out", "checkpoints/hf"]
+        denied = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert denied.returncode == 1 and "Traceback" not in denied.stderr
+        assert denied.stderr.strip().splitlines()[-1].startswith("error: the Hub refused facebook/sam-3d-objects")
+        env["HF_TOKEN"] = "hf_secret"
+        done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "7 files verified in checkpoints/hf" in done.stdout
+    assert (tmp_path / "checkpoints" / "hf" / "ss_encoder.safetensors").is_file()
