@@ -96,6 +96,25 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_model_info(args) -> int:
+    import torch
+
+    from .model.config import apply_official_yaml, get_preset
+    from .model.sam3d import SparseStructureModel, parameter_counts
+
+    config = get_preset(args.preset)
+    if args.config_dir:
+        changed = apply_official_yaml(config, args.config_dir)
+        print(f"from {args.config_dir}: " + (", ".join(changed) if changed else "no size or sampler changes"))
+    with torch.device("meta"):  # shapes only: no memory for the weights
+        model = SparseStructureModel(config)
+    print(f"preset {config.name}: latent {config.flow.resolution}^3 x {config.flow.latent_channels}, "
+          f"occupancy {config.occupancy_resolution}^3, flow width {config.flow.model_channels} x {config.flow.num_blocks} blocks")
+    for name, count in parameter_counts(model).items():
+        print(f"  {name:58s} {count:>15,d}  ({count / 1e6:,.1f} M)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam3d-med", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("preprocess", help="NIfTI cases -> per-slice cache, SDFs, meshes, manifest")
     add_preprocess_arguments(p)
     p.set_defaults(func=cmd_preprocess)
+    p = sub.add_parser("model-info", help="parameter counts per module (no weights allocated)")
+    p.add_argument("--preset", default="sam3d", help="sam3d (official sizes) or tiny")
+    p.add_argument("--config_dir", default=None, help="folder with the official YAML files to read sizes from")
+    p.set_defaults(func=cmd_model_info)
     p = sub.add_parser("download", help="download the official SAM 3D Objects weights and configs")
     add_download_arguments(p)
     p.set_defaults(func=cmd_download)

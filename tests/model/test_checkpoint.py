@@ -1,0 +1,107 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from sam3d_med.model.checkpoint import (CONDITION_PREFIX, FILES, GENERATOR_PREFIX, CheckpointError,
+                                        load_official_checkpoints, read_state_dict, save_official_layout)
+from sam3d_med.model.config import apply_official_yaml, get_preset
+from sam3d_med.model.flow_transformer import SHAPE
+from sam3d_med.model.sam3d import SparseStructureModel
+from tests.model.conftest import condition_inputs, random_latents
+
+
+def outputs(model):
+    cond = model.condition_embedder(**condition_inputs())
+    out = model.generator(random_latents(model), torch.full((2,), 400.0), cond, d=torch.zeros(2))
+    return cond, out[SHAPE], model.decoder(torch.randn(1, 8, 8, 8, 8, generator=torch.Generator().manual_seed(0))), \
+        model.encoder(torch.ones(1, 1, 64, 64, 64))
+
+
+def test_official_container_round_trip_gives_identical_outputs(tiny_model, tmp_path):
+    save_official_layout(tiny_model, tmp_path)
+    raw = torch.load(tmp_path / FILES["generator"], weights_only=True)
+    assert set(raw) == {"state_dict"}
+    assert any(k.startswith(GENERATOR_PREFIX + "blocks.0.self_attn.to_qkv.shape") for k in raw["state_dict"])
+    assert any(k.startswith(CONDITION_PREFIX + "module_list.0.backbone.blocks.0.attn.qkv") for k in raw["state_dict"])
+    torch.manual_seed(123)
+    fresh = SparseStructureModel.from_preset("tiny").eval()
+    load_official_checkpoints(fresh, tmp_path)
+    with torch.no_grad():
+        for a, b in zip(outputs(tiny_model), outputs(fresh)):
+            assert torch.equal(a, b)
+
+
+def test_fp16_files_are_cast_to_the_model_dtype(tiny_model, tmp_path):
+    save_official_layout(tiny_model, tmp_path, dtype=torch.float16)
+    assert read_state_dict(tmp_path / FILES["decoder"])["input_layer.weight"].dtype == torch.float16
+    fresh = SparseStructureModel.from_preset("tiny").eval()
+    load_official_checkpoints(fresh, tmp_path)
+    assert all(p.dtype == torch.float32 for p in fresh.parameters())
+    weight = tiny_model.generator.blocks[0].self_attn.to_qkv[SHAPE].weight
+    loaded = fresh.generator.blocks[0].self_attn.to_qkv[SHAPE].weight
+    assert torch.equal(loaded, weight.half().float())
+
+
+def test_mismatches_name_the_keys_and_the_file(tiny_model, tmp_path):
+    save_official_layout(tiny_model, tmp_path)
+    path = tmp_path / FILES["generator"]
+    state = torch.load(path, weights_only=True)["state_dict"]
+    missing_key = GENERATOR_PREFIX + "blocks.1.cross_attn.shape.to_kv.weight"
+    broken = {k: v for k, v in state.items() if k != missing_key}
+    broken[GENERATOR_PREFIX + "blocks.1.extra.weight"] = torch.zeros(1)
+    torch.save({"state_dict": broken}, path)
+    fresh = SparseStructureModel.from_preset("tiny")
+    with pytest.raises(CheckpointError) as info:
+        load_official_checkpoints(fresh, tmp_path, components=("generator",))
+    message = str(info.value)
+    assert str(path) in message and "blocks.1.cross_attn.shape.to_kv.weight" in message
+    assert "1 missing" in message and "1 unexpected" in message and "blocks.1.extra.weight" in message
+    # a file made for other sizes: the shape mismatches are named
+    torch.save({"state_dict": state}, path)
+    other = get_preset("tiny")
+    other.flow.model_channels = 96
+    with pytest.raises(CheckpointError, match=r"104 shape mismatch \(first: latent_mapping.shape.pos_emb \(512, 64\) vs model \(512, 96\)"):
+        load_official_checkpoints(SparseStructureModel(other), tmp_path, components=("generator",))
+
+
+def test_truncated_corrupt_and_foreign_files(tiny_model, tmp_path):
+    save_official_layout(tiny_model, tmp_path)
+    path = tmp_path / FILES["generator"]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="unreadable or truncated") as info:
+        read_state_dict(path)
+    assert "\n" not in str(info.value)
+    path.write_bytes(b"garbage" * 100)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        read_state_dict(path)
+    (tmp_path / FILES["encoder"]).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        read_state_dict(tmp_path / FILES["encoder"])
+    torch.save({"state_dict": {"model.weight": torch.zeros(2)}}, path)
+    with pytest.raises(CheckpointError, match="not an ss_generator checkpoint"):
+        load_official_checkpoints(tiny_model, tmp_path, components=("generator",))
+    with pytest.raises(CheckpointError, match="missing"):
+        read_state_dict(tmp_path / "absent.ckpt")
+
+
+def test_sizes_and_sampler_are_read_from_official_yaml(tmp_path):
+    (tmp_path / "ss_generator.yaml").write_text(yaml.safe_dump(
+        {"module": {"generator": {"backbone": {"model_channels": 768, "num_blocks": 12, "num_heads": 12}}}}))
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(
+        {"ss_inference_steps": 12, "ss_cfg_strength": 5, "ss_cfg_interval": [0, 600]}))
+    cfg = get_preset("sam3d")
+    changed = apply_official_yaml(cfg, tmp_path)
+    assert (cfg.flow.model_channels, cfg.flow.num_blocks, cfg.flow.num_heads) == (768, 12, 12)
+    assert (cfg.sampler.steps, cfg.sampler.cfg_strength, cfg.sampler.cfg_interval) == (12, 5.0, (0.0, 600.0))
+    assert "flow.num_blocks=12" in changed
+
+
+def test_model_info_command_prints_counts_without_weights():
+    done = subprocess.run([sys.executable, "-m", "sam3d_med.cli", "model-info", "--preset", "sam3d"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "ss_generator (total)" in done.stdout and "1,594" in done.stdout and "ss_decoder" in done.stdout
