@@ -5,7 +5,7 @@ import pytest
 import torch
 import yaml
 
-from sam3d_med.model.checkpoint import (CONDITION_PREFIX, FILES, GENERATOR_PREFIX, CheckpointError,
+from sam3d_med.model.checkpoint import (CONDITION_PREFIX, FILES, GENERATOR_PREFIX, CheckpointError, build_from_folder,
                                         load_official_checkpoints, read_state_dict, save_official_layout)
 from sam3d_med.model.config import apply_official_yaml, get_preset
 from sam3d_med.model.flow_transformer import SHAPE
@@ -32,6 +32,19 @@ def test_official_container_round_trip_gives_identical_outputs(tiny_model, tmp_p
     with torch.no_grad():
         for a, b in zip(outputs(tiny_model), outputs(fresh)):
             assert torch.equal(a, b)
+
+
+def test_build_from_folder_follows_the_files(tiny_model, tmp_path):
+    config = get_preset("tiny")
+    config.image_vit.with_mask_token = config.mask_vit.with_mask_token = False  # a pruned release
+    pruned = SparseStructureModel(config).eval()
+    save_official_layout(pruned, tmp_path)
+    (tmp_path / "pipeline.yaml").write_text("ss_inference_steps: 5\n")
+    built = build_from_folder(tmp_path, preset="tiny", log=lambda m: None).eval()
+    assert built.cfg.sampler.steps == 5
+    assert not hasattr(built.condition_embedder.module_list[0].backbone, "mask_token")
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(outputs(pruned), outputs(built)))
 
 
 def test_fp16_files_are_cast_to_the_model_dtype(tiny_model, tmp_path):

@@ -72,9 +72,10 @@ def _check_and_load(module: nn.Module, state: dict[str, torch.Tensor], path: Pat
     module.load_state_dict(state, strict=True)
 
 
-def load_generator_checkpoint(model: SparseStructureModel, path: str | Path) -> None:
+def load_generator_checkpoint(model: SparseStructureModel, path: str | Path,
+                              state: dict[str, torch.Tensor] | None = None) -> None:
     path = Path(path)
-    state = read_state_dict(path)
+    state = read_state_dict(path) if state is None else state
     generator = {k[len(GENERATOR_PREFIX):]: v for k, v in state.items() if k.startswith(GENERATOR_PREFIX)}
     condition = {k[len(CONDITION_PREFIX):]: v for k, v in state.items() if k.startswith(CONDITION_PREFIX)}
     if not generator or not condition:
@@ -92,6 +93,33 @@ def load_official_checkpoints(model: SparseStructureModel, folder: str | Path, c
         if name in components:
             path = folder / FILES[name]
             _check_and_load(getattr(model, name), read_state_dict(path), path, name)
+
+
+def build_from_folder(folder: str | Path, preset: str = "sam3d", device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float32, log=print) -> SparseStructureModel:
+    """The model described by the official files in ``folder``, with their weights loaded.
+
+    Sizes and sampler settings come from the YAML files when present (else the preset); whether the
+    DINOv2 backbones carry ``mask_token`` (the official ``prune_network`` option removes it) is read
+    from the generator file itself.
+    """
+    from .config import apply_official_yaml, get_preset
+
+    folder = Path(folder)
+    config = get_preset(preset)
+    changed = apply_official_yaml(config, folder)
+    if changed:
+        log(f"model sizes from {folder}: {', '.join(changed)}")
+    generator_path = folder / FILES["generator"]
+    state = read_state_dict(generator_path)
+    has_mask_token = any(k.endswith("backbone.mask_token") for k in state)
+    config.image_vit.with_mask_token = config.mask_vit.with_mask_token = has_mask_token
+    with torch.device(device):
+        model = SparseStructureModel(config).to(dtype)
+    load_generator_checkpoint(model, generator_path, state)
+    del state
+    load_official_checkpoints(model, folder, components=("decoder", "encoder"))
+    return model
 
 
 def save_official_layout(model: SparseStructureModel, folder: str | Path, dtype: torch.dtype | None = None) -> None:
