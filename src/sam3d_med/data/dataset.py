@@ -1,0 +1,194 @@
+"""Training samples from the preprocessed cache: one sample per (slice, class present in it).
+
+Inputs are built the way SAM3D's sparse-structure stage expects them, at ``crop_size`` (S x S):
+- crop: a square box around the class's mask, ``BOX_FACTOR`` x its larger side, centred on it
+  (parts outside the slice are padding): ``image`` (3,S,S) bilinear, ``mask`` (1,S,S) and
+  ``pointmap`` (3,S,S) nearest; the pointmap is normalised object-centrically (SAM3D's
+  "ObjectCentricSSI"): minus the median of the masked points, divided by the median over masked
+  pixels of max_axis |p - shift|. Padding has NaN points (= "no point").
+- full frame: the whole slice padded to a square: ``rgb_image``, ``rgb_image_mask``, and
+  ``rgb_pointmap`` given in **volume grid coordinates** scaled to [-1, 1] per axis (the inverse
+  affine of the world point). That is our medical adaptation: it tells the model where the slice
+  lies in the 64^3 grid that its output occupancy is defined on.
+The normalisation is returned with the sample (``pointmap_shift`` in mm, ``pointmap_scale``).
+Targets: ``occupancy`` (1, I, J, K) = label == class and ``sdf`` (1, I, J, K) in mm, on the cache's
+canonical grid; ``axis``/``slice_idx`` locate the input slice in it.
+
+Augmentation (training only): intensity jitter of the images, and one small in-plane rotation and
+scale applied through the same sampling grid to image, mask and pointmap of both views, so every
+pixel's mask value and 3-D point still come from the same source pixel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..errors import InputError
+from .preprocess import MANIFEST_NAME, PREPROCESS_VERSION
+
+BOX_FACTOR = 1.2
+
+
+def load_manifest(cache_dir: str | Path) -> dict:
+    """The cache's manifest, checked: folder present, manifest present, same version, not empty."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        raise InputError(f"{cache_dir}: cache folder does not exist (run scripts/reprocess_ts_nifti.py first)")
+    path = cache_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise InputError(f"{cache_dir}: no {MANIFEST_NAME}: not a preprocessed cache (run scripts/reprocess_ts_nifti.py)")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{path}: unreadable manifest ({exc})") from None
+    version = manifest.get("preprocess_version")
+    if version != PREPROCESS_VERSION:
+        raise InputError(f"{cache_dir}: made by preprocessing version {version}, this sam3d-med reads version "
+                         f"{PREPROCESS_VERSION}: re-run scripts/reprocess_ts_nifti.py with --overwrite")
+    if not manifest.get("cases"):
+        raise InputError(f"{cache_dir}: the cache holds no cases")
+    return manifest
+
+
+def split_cases(case_ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split by case (never by slice): (train ids, validation ids), each sorted."""
+    ids = sorted(case_ids)
+    if len(ids) < 2 or val_fraction <= 0:
+        return ids, []
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = min(len(ids) - 1, max(1, round(val_fraction * len(ids))))
+    val = sorted(ids[i] for i in order[:n_val])
+    return [c for c in ids if c not in set(val)], val
+
+
+@dataclass
+class Augmentation:
+    max_rotation_deg: float = 10.0
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    contrast_range: tuple[float, float] = (0.9, 1.1)
+    brightness: float = 0.05
+
+
+def _sample(img: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    return F.grid_sample(img[None], grid[None], mode=mode, padding_mode="zeros", align_corners=False)[0]
+
+
+def _square_grid(centre_hw, side, size, hw, angle=0.0, scale=1.0) -> torch.Tensor:
+    """Sampling grid (S, S, 2) in grid_sample's (x=w, y=h) normalised coordinates for a square box
+    of ``side`` pixels centred at ``centre_hw``, rotated by ``angle`` (radians) and zoomed by ``scale``."""
+    H, W = hw
+    u = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5  # box coordinates in [-0.5, 0.5]
+    dv, du = torch.meshgrid(u, u, indexing="ij")  # rows (h), columns (w)
+    c, s = math.cos(angle), math.sin(angle)
+    h = centre_hw[0] + side / scale * (c * dv - s * du)
+    w = centre_hw[1] + side / scale * (s * dv + c * du)
+    # pixel index -> normalised coordinate (align_corners=False): (idx + 0.5) / N * 2 - 1
+    return torch.stack([(w + 0.5) / W * 2 - 1, (h + 0.5) / H * 2 - 1], dim=-1)
+
+
+def _views(image, mask, pointmap, grid):
+    """Resample image (bilinear), mask and pointmap (nearest) on ``grid``; outside -> mask 0, NaN."""
+    inside = _sample(torch.ones_like(mask), grid, "nearest") > 0.5
+    points = _sample(torch.nan_to_num(pointmap), grid, "nearest")
+    valid = inside & _sample(torch.isfinite(pointmap).all(0, keepdim=True).float(), grid, "nearest").bool()
+    points = torch.where(valid, points, torch.full_like(points, float("nan")))
+    return _sample(image, grid, "bilinear"), _sample(mask, grid, "nearest"), points
+
+
+def object_centric(pointmap: torch.Tensor, mask: torch.Tensor):
+    """(3,S,S) points -> ((points - shift) / scale, shift (3,), scale ()) with shift the median of the
+    masked points and scale the median over masked pixels of max_axis |p - shift| (no masked point:
+    shift 0, scale 1)."""
+    selected = pointmap[:, (mask[0] > 0.5) & torch.isfinite(pointmap).all(0)]
+    if selected.shape[1] == 0:
+        return pointmap, torch.zeros(3), torch.tensor(1.0)
+    shift = selected.median(dim=1).values
+    scale = (selected - shift[:, None]).abs().max(dim=0).values.median()
+    scale = scale if scale > 0 else torch.tensor(1.0)
+    return (pointmap - shift[:, None, None]) / scale, shift, scale
+
+
+class SliceClassDataset(Dataset):
+    def __init__(self, cache_dir: str | Path, manifest: dict, case_ids: list[str], crop_size: tuple[int, int],
+                 min_pixels: int = 10, augment: Augmentation | None = None, seed: int = 0):
+        self.cache_dir = Path(cache_dir)
+        if crop_size[0] != crop_size[1]:
+            raise InputError(f"data.preprocess_crop_size must be square (SAM3D crops are square), got {list(crop_size)}")
+        self.size = int(crop_size[0])
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        wanted = set(case_ids)
+        self.cases = {c["case_id"]: c for c in manifest["cases"] if c["case_id"] in wanted}
+        self.case_index = {case_id: i for i, case_id in enumerate(sorted(self.cases))}
+        self.samples: list[tuple[str, dict, int]] = []
+        for case_id in sorted(self.cases):
+            for entry in self.cases[case_id]["slices"]:
+                for cls, count in sorted(entry["class_pixel_counts"].items(), key=lambda kv: int(kv[0])):
+                    if count >= min_pixels:
+                        self.samples.append((case_id, entry, int(cls)))
+        self._sdf_cache: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentations depend on (seed, epoch, index): reproducible, and different every epoch."""
+        self.epoch = epoch
+
+    def _sdf(self, case_id: str) -> np.ndarray:
+        if case_id not in self._sdf_cache:
+            path = self.cache_dir / self.cases[case_id]["sdf_path"]
+            if not path.is_file():
+                raise InputError(f"{path}: signed distance file missing from the cache")
+            self._sdf_cache[case_id] = np.load(path, mmap_mode="r")
+        return self._sdf_cache[case_id]
+
+    def __getitem__(self, index: int) -> dict:
+        case_id, entry, cls = self.samples[index]
+        path = self.cache_dir / entry["file"]
+        try:
+            with np.load(path) as npz:
+                image = torch.from_numpy(npz["image"].astype(np.float32))
+                label = npz["mask"]
+                pointmap = torch.from_numpy(npz["pointmap"].astype(np.float32))
+                affine = npz["affine"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputError(f"{path}: unreadable slice file ({type(exc).__name__})") from None
+        mask = torch.from_numpy((label == cls).astype(np.float32))[None]
+        H, W = mask.shape[1:]
+        angle, scale = 0.0, 1.0
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            angle = math.radians(rng.uniform(-1, 1) * self.augment.max_rotation_deg)
+            scale = rng.uniform(*self.augment.scale_range)
+            image = (image * rng.uniform(*self.augment.contrast_range)
+                     + rng.uniform(-1, 1) * self.augment.brightness).clamp(0, 1)
+        rows, cols = torch.nonzero(mask[0], as_tuple=True)
+        centre = ((rows.min() + rows.max()).item() / 2, (cols.min() + cols.max()).item() / 2)
+        side = BOX_FACTOR * (max(rows.max() - rows.min(), cols.max() - cols.min()).item() + 1)
+        crop = _views(image, mask, pointmap, _square_grid(centre, side, self.size, (H, W), angle, scale))
+        full = _views(image, mask, pointmap, _square_grid(((H - 1) / 2, (W - 1) / 2), max(H, W), self.size, (H, W), angle, scale))
+        # full-frame points in volume grid coordinates, [-1, 1] per axis
+        shape = np.asarray(self.cases[case_id]["shape_ijk"], dtype=np.float64)
+        inv = torch.from_numpy(np.linalg.inv(affine)).float()
+        ijk = torch.einsum("ab,bhw->ahw", inv[:3, :3], full[2]) + inv[:3, 3, None, None]
+        grid_points = 2 * ijk / torch.from_numpy(shape - 1).float()[:, None, None] - 1
+        sdf = torch.from_numpy(np.array(self._sdf(case_id)[cls - 1], dtype=np.float32))[None]
+        points, shift, scale = object_centric(crop[2], crop[1])
+        return {
+            "image": crop[0], "mask": crop[1], "pointmap": points,
+            "pointmap_shift": shift, "pointmap_scale": scale,  # world mm = pointmap * scale + shift
+            "rgb_image": full[0], "rgb_image_mask": full[1], "rgb_pointmap": grid_points,
+            "occupancy": (sdf < 0).float(), "sdf": sdf,
+            "axis": int(entry["axis"]), "slice_idx": int(entry["slice_idx"]), "class_id": cls,
+            "case_index": self.case_index[case_id],
+        }

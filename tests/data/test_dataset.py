@@ -1,0 +1,106 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sam3d_med.data.dataset import Augmentation, SliceClassDataset, load_manifest, object_centric, split_cases
+from sam3d_med.errors import InputError
+from sam3d_med.io.nifti import load_volume
+
+
+def test_split_is_by_case_seeded_and_disjoint():
+    ids = [f"s{i:04d}" for i in range(20)]
+    train, val = split_cases(ids, 0.2, seed=3)
+    assert len(val) == 4 and not set(train) & set(val) and sorted(train + val) == ids
+    assert split_cases(ids, 0.2, seed=3) == (train, val)
+    assert split_cases(ids, 0.2, seed=4) != (train, val)
+    assert split_cases(["s0001"], 0.2, 0) == (["s0001"], [])
+
+
+def test_samples_are_slice_class_pairs_with_enough_pixels(cache_dir):
+    manifest = load_manifest(cache_dir)
+    ds = SliceClassDataset(cache_dir, manifest, ["s0001"], (32, 32), min_pixels=10)
+    entries = [s for s in manifest["cases"][0]["slices"]]
+    expected = sum(1 for e in entries for c, n in e["class_pixel_counts"].items() if n >= 10)
+    assert len(ds) == expected
+    assert all(case == "s0001" for case, _, _ in ds.samples)
+
+
+def test_inputs_targets_and_normalisation(cache_dir, phantom_dir):
+    manifest = load_manifest(cache_dir)
+    ds = SliceClassDataset(cache_dir, manifest, ["s0002"], (48, 48))
+    item = ds[len(ds) // 2]
+    for key in ("image", "rgb_image", "pointmap", "rgb_pointmap"):
+        assert item[key].shape == (3, 48, 48)
+    assert item["mask"].shape == (1, 48, 48) and set(item["mask"].unique().tolist()) <= {0.0, 1.0}
+    label = load_volume(phantom_dir / "s0002" / "s0002-label.nii.gz").data
+    assert torch.equal(item["occupancy"][0].bool(), torch.from_numpy(label == item["class_id"]))
+    # the crop box is 1.2 x the mask's extent: the mask fills most of the crop but never touches its border
+    m = item["mask"][0]
+    assert m.sum() > 0 and m[0].sum() == 0 and m[-1].sum() == 0 and m[:, 0].sum() == 0 and m[:, -1].sum() == 0
+    # object-centric: masked points have median 0 and median max-abs 1
+    pts = item["pointmap"][:, m > 0.5]
+    assert torch.allclose(pts.median(dim=1).values, torch.zeros(3), atol=1e-4)
+    assert (pts.abs().max(dim=0).values.median() - 1).abs() < 1e-4
+    # full frame: grid coordinates in [-1, 1]; the slice axis coordinate is the slice's position
+    full = item["rgb_pointmap"]
+    coord = full[item["axis"]][torch.isfinite(full[item["axis"]])]
+    assert torch.allclose(coord, torch.full_like(coord, 2 * item["slice_idx"] / 63 - 1), atol=1e-4)
+
+
+@pytest.mark.parametrize("augment", [None, Augmentation(max_rotation_deg=30)])
+def test_every_masked_pixel_points_into_its_class(cache_dir, augment):
+    """Mask and pointmap stay aligned through crop, resize and augmentation: the 3-D point of each
+    masked pixel lies in a voxel of that class, in the crop (denormalised) and in the full frame."""
+    manifest = load_manifest(cache_dir)
+    case = manifest["cases"][2]
+    ds = SliceClassDataset(cache_dir, manifest, [case["case_id"]], (40, 40), augment=augment, seed=1)
+    affine_inv = np.linalg.inv(np.array(case["affine"]))
+    sdf = np.load(cache_dir / case["sdf_path"])
+    for index in range(0, len(ds), max(1, len(ds) // 12)):
+        item = ds[index]
+        inside_class = sdf[item["class_id"] - 1]
+        crop_mask = item["mask"][0] > 0.5
+        world = (item["pointmap"][:, crop_mask] * item["pointmap_scale"] + item["pointmap_shift"][:, None]).numpy()
+        ijk = np.rint(affine_inv[:3, :3] @ world + affine_inv[:3, 3:4]).astype(int)
+        assert crop_mask.any() and np.all(inside_class[tuple(ijk)] < 0)
+        full = item["rgb_pointmap"][:, item["rgb_image_mask"][0] > 0.5].numpy()
+        ijk = np.rint((full + 1) / 2 * 63).astype(int)
+        assert np.all(inside_class[tuple(ijk)] < 0)
+
+
+def test_augmentation_is_reproducible_per_epoch(cache_dir):
+    manifest = load_manifest(cache_dir)
+    ds = SliceClassDataset(cache_dir, manifest, ["s0001"], (32, 32), augment=Augmentation(), seed=5)
+    a, b = ds[3]["image"], ds[3]["image"]
+    ds.set_epoch(1)
+    c = ds[3]["image"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_object_centric_without_mask_is_identity():
+    pts = torch.randn(3, 4, 4)
+    out, shift, scale = object_centric(pts, torch.zeros(1, 4, 4))
+    assert torch.equal(out, pts) and torch.equal(shift, torch.zeros(3)) and float(scale) == 1.0
+
+
+def test_cache_errors(tmp_path, cache_dir):
+    with pytest.raises(InputError, match="does not exist"):
+        load_manifest(tmp_path / "absent")
+    with pytest.raises(InputError, match="not a preprocessed cache"):
+        load_manifest(tmp_path)
+    copy = tmp_path / "old"
+    shutil.copytree(cache_dir, copy, ignore=shutil.ignore_patterns("*.npz", "*.npy", "meshes"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["preprocess_version"] = 0
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="version 0.*--overwrite"):
+        load_manifest(copy)
+    manifest["preprocess_version"], manifest["cases"] = 1, []
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="no cases"):
+        load_manifest(copy)
+    with pytest.raises(InputError, match="square"):
+        SliceClassDataset(cache_dir, load_manifest(cache_dir), ["s0001"], (32, 48))
