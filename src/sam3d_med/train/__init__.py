@@ -1,0 +1,1 @@
+"""Training: losses, the trainer (checkpoints, resume, logging, distributed) and the Hydra entry."""

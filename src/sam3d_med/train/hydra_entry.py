@@ -1,0 +1,33 @@
+"""Entry point behind ``scripts/train_medical_hydra.py``: Hydra config in, one-line errors out."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from omegaconf import DictConfig
+
+from ..errors import Sam3dMedError
+
+log = logging.getLogger("sam3d_med.train")
+
+
+def run_training_job(cfg: DictConfig) -> int:
+    from hydra.core.hydra_config import HydraConfig
+
+    from .trainer import train
+
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        summary = train(cfg, run_dir)
+    except Sam3dMedError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if summary["status"] == "interrupted":
+        return 128 + int(summary["signal"])
+    before, best = summary["untrained_dice"], summary["best_dice"]
+    print(f"training finished: best validation Dice {best:.4f}"
+          + (f" (untrained model: {before:.4f})" if before is not None else "")
+          + f"; checkpoints in {summary['checkpoint_dir']}; log and curves in {summary['run_dir']}")
+    return 0

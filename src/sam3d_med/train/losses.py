@@ -1,0 +1,96 @@
+"""The fine-tuning objective.
+
+For a batch of (slice, class) samples with ground-truth occupancy O (B,1,N,N,N), signed distance
+D (mm) and input slice (axis a_b, index s_b):
+
+    L = w_flow * L_flow + w_mask * L_mask + w_sdf * L_sdf + w_vae * L_vae
+
+- L_flow: flow matching on the SS latents (``model.flow_matching.flow_matching_loss``): the mean
+  over latents of mean((v_pred - (x1 - x0))^2), where x1 = (SS-encoder mean of O as shape tokens,
+  canonical pose) and x0 ~ N(0, I), at t ~ logit-normal, condition dropped with p = 0.1.
+- L_mask: consistency at the input slice. The one-step data estimate x1_hat = x_t + (1 - t) v_pred
+  is decoded to occupancy logits Z = decoder(x1_hat.shape); L_mask = mean_b BCE(Z_b restricted to
+  slice s_b along axis a_b, O_b on that slice), i.e. the reconstruction must reproduce the input mask.
+- L_sdf: 3-D loss between Z and the ground truth, weighted towards the surface:
+  L_sdf = sum_v w_v BCE(Z_v, O_v) / sum_v w_v with w_v = 1 + exp(-|D_v| / tau), tau = ``sdf_tau_mm``.
+- L_vae (only when the VAE itself trains, e.g. the tiny model from scratch): the same weighted BCE
+  between decoder(encoder(O)) and O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..model.flow_matching import flow_matching_loss
+from ..model.flow_transformer import SHAPE
+from ..model.sam3d import SparseStructureModel
+
+CONDITION_KEYS = ("image", "rgb_image", "mask", "rgb_image_mask", "pointmap", "rgb_pointmap")
+
+
+@dataclass
+class LossWeights:
+    w_flow: float = 1.0
+    w_mask_loss: float = 1.0
+    w_sdf_loss: float = 0.5
+    w_vae_loss: float = 0.0
+    sdf_tau_mm: float = 6.0
+
+
+def surface_weighted_bce(logits: torch.Tensor, occupancy: torch.Tensor, sdf_mm: torch.Tensor, tau_mm: float) -> torch.Tensor:
+    weight = 1.0 + torch.exp(-sdf_mm.abs() / tau_mm)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), occupancy.float(), reduction="none")
+    return (weight * bce).sum() / weight.sum()
+
+
+def slice_consistency_bce(logits: torch.Tensor, occupancy: torch.Tensor, axis: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Mean BCE between each sample's logits and occupancy on its own input slice."""
+    losses = []
+    for b in range(logits.shape[0]):
+        a, s = int(axis[b]), int(index[b])
+        losses.append(F.binary_cross_entropy_with_logits(logits[b, 0].float().select(a, s), occupancy[b, 0].float().select(a, s)))
+    return torch.stack(losses).mean()
+
+
+class TrainingObjective(torch.nn.Module):
+    """Wraps the model so that one ``forward(batch)`` returns the loss terms (one module for DDP)."""
+
+    def __init__(self, model: SparseStructureModel, weights: LossWeights):
+        super().__init__()
+        self.model = model
+        self.weights = weights
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        model, w = self.model, self.weights
+        occupancy, sdf = batch["occupancy"], batch["sdf"]
+        frozen = not any(p.requires_grad for p in model.condition_embedder.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):  # frozen: no activations kept
+            cond = model.condition_embedder(**{k: batch[k] for k in CONDITION_KEYS})
+        targets = model.latent_targets(occupancy)
+        flow = flow_matching_loss(model.generator, targets, cond, model.cfg.objective,
+                                  time_scale=model.cfg.sampler.time_scale, generator=generator)
+        terms = {"flow": flow.loss}
+        if w.w_mask_loss or w.w_sdf_loss:
+            logits = model.decode_shape(flow.x1_estimate[SHAPE])
+            if w.w_mask_loss:
+                terms["mask"] = slice_consistency_bce(logits, occupancy, batch["axis"], batch["slice_idx"])
+            if w.w_sdf_loss:
+                terms["sdf"] = surface_weighted_bce(logits, occupancy, sdf, w.sdf_tau_mm)
+        if w.w_vae_loss:
+            recon = model.decoder(model.encoder(occupancy))
+            terms["vae"] = surface_weighted_bce(recon, occupancy, sdf, w.sdf_tau_mm)
+        scale = {"flow": w.w_flow, "mask": w.w_mask_loss, "sdf": w.w_sdf_loss, "vae": w.w_vae_loss}
+        terms["total"] = sum(scale[k] * v for k, v in terms.items())
+        return terms
+
+
+def dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample Dice of boolean volumes (B, ...); 1 when both are empty."""
+    pred, target = pred.flatten(1).float(), target.flatten(1).float()
+    inter = (pred * target).sum(1)
+    total = pred.sum(1) + target.sum(1)
+    return torch.where(total > 0, 2 * inter / total.clamp(min=1e-8), torch.ones_like(total))
+

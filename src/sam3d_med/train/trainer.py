@@ -1,0 +1,452 @@
+"""The trainer: LoRA (or full) fine-tuning of the sparse-structure stage on the slice cache.
+
+Checkpoints (``training.checkpoint_dir``): ``epoch_{N}.pt`` every ``save_every`` epochs, ``best.pt``
+(best validation Dice) and ``last.pt`` (after every epoch, and on Ctrl-C/SIGTERM). Each holds the
+trained weights (adapters and any other trainable module; the whole model when the base itself is
+trained), optimizer, scheduler, grad-scaler, epoch, step, position inside the epoch, RNG states,
+the resolved config, the model sizes and the identity of the base weights. Resuming continues
+exactly where the run stopped (same data order, schedule and random numbers) and refuses a
+checkpoint made from other base weights or other model sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from ..data.dataset import Augmentation, SliceClassDataset, load_manifest, split_cases
+from ..errors import ConfigError, InputError
+from ..io.atomic import atomic_path
+from ..model.checkpoint import FILES, build_from_folder
+from ..model.lora import LoraSettings, apply_lora, trainable_parameters
+from ..model.sam3d import SparseStructureModel
+from .losses import CONDITION_KEYS, LossWeights, TrainingObjective, dice
+
+log = logging.getLogger("sam3d_med.train")
+CHECKPOINT_FORMAT = "sam3d-med-train-1"
+
+
+# ----------------------------------------------------------------------------- devices and ranks
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        log.info("device=auto picked %s%s", device, "" if device.type == "cuda" else " (no CUDA device visible)")
+        return device
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but no CUDA device is available (use device=auto or device=cpu)")
+        return torch.device(f"cuda:{local_rank}")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ConfigError(f"device must be auto, cpu or cuda (got {name!r})")
+
+
+class Ranks:
+    """Distributed context from torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK)."""
+
+    def __init__(self, device_name: str):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(device_name, self.local_rank)
+        if self.world_size > 1 and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend=backend)
+            log.info("distributed: rank %d of %d (%s)", self.rank, self.world_size, backend)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world_size > 1:
+            dist.barrier()
+
+    def close(self):
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- model and weights
+def _file_fingerprint(path: Path) -> dict:
+    """Size and SHA-256 of the first 8 MiB: identifies a multi-GB file without reading it all."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        digest.update(fh.read(8 << 20))
+    return {"size": path.stat().st_size, "sha256_head": digest.hexdigest()}
+
+
+def build_model(cfg: DictConfig) -> tuple[SparseStructureModel, dict]:
+    """The model and the identity of its base weights."""
+    preset = cfg.model.preset
+    if cfg.model.get("checkpoint_dir"):
+        folder = Path(cfg.model.checkpoint_dir)
+        if not (folder / FILES["generator"]).is_file():
+            raise InputError(f"{folder}: no official weights ({FILES['generator']} missing): run "
+                             f"scripts/download_hf_checkpoints.py --out {folder}, or train the CPU model with model=tiny")
+        model = build_from_folder(folder, preset=preset, log=log.info)
+        identity = {"kind": "official", "files": {name: _file_fingerprint(folder / name) for name in FILES.values()}}
+    else:
+        torch.manual_seed(int(cfg.model.get("init_seed", 0)))
+        model = SparseStructureModel.from_preset(preset)
+        identity = {"kind": "random-init", "preset": preset, "init_seed": int(cfg.model.get("init_seed", 0))}
+    if cfg.training.gradient_checkpointing:
+        for block in model.generator.blocks:
+            block.use_checkpoint = True
+    return model, identity
+
+
+def configure_trainable(model: SparseStructureModel, cfg: DictConfig) -> None:
+    if cfg.training.train_base:
+        model.requires_grad_(True)
+        if cfg.lora.enabled:
+            raise ConfigError("training.train_base=true trains the whole model: set lora.enabled=false with it")
+        return
+    if not cfg.lora.enabled:
+        raise ConfigError("nothing to train: enable lora (lora.enabled=true) or set training.train_base=true")
+    settings = LoraSettings(rank=int(cfg.lora.rank), alpha=float(cfg.lora.alpha), dropout=float(cfg.lora.dropout),
+                            targets=tuple(cfg.lora.targets), include_mlp=bool(cfg.lora.include_mlp),
+                            trainable_modules=tuple(cfg.lora.trainable_modules))
+    adapted = apply_lora(model, settings)
+    log.info("LoRA rank %d on %d layers; %d trainable parameters", settings.rank, len(adapted),
+             sum(p.numel() for p in trainable_parameters(model).values()))
+
+
+def trained_state(model: SparseStructureModel, cfg: DictConfig) -> dict[str, torch.Tensor]:
+    """What a checkpoint must hold beyond the base weights (all of it when the base is trained)."""
+    if cfg.training.train_base:
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in trainable_parameters(model).items()}
+
+
+def load_trained_state(model: SparseStructureModel, state: dict[str, torch.Tensor], path) -> None:
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ConfigError(f"{path}: weights that this model does not have (first: {result.unexpected_keys[:3]})")
+
+
+# ----------------------------------------------------------------------------- checkpoint files
+def save_training_checkpoint(path: Path, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_training_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint file does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise InputError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a sam3d-med training checkpoint")
+    return payload
+
+
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class StopRequest:
+    """Ctrl-C / SIGTERM set a flag; the loop finishes its step, writes last.pt and exits."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("received %s: finishing this step, then writing last.pt", signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------- the loop
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def validate(objective: TrainingObjective, loader: DataLoader, device: torch.device, cfg: DictConfig) -> dict:
+    """Validation loss (fixed noise and times) and 3-D Dice of sampled reconstructions."""
+    model = objective.model
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(1234)
+    losses, dices = [], []
+    budget = int(cfg.validation.reconstructions)
+    sampler = model.cfg.sampler
+    overrides = {k: cfg.validation[k] for k in ("sampler_steps", "cfg_strength") if cfg.validation.get(k) is not None}
+    if overrides:
+        from dataclasses import replace
+        sampler = replace(sampler, steps=int(overrides.get("sampler_steps", sampler.steps)),
+                          cfg_strength=float(overrides.get("cfg_strength", sampler.cfg_strength)))
+    for batch in loader:
+        batch = _to_device(batch, device)
+        with _autocast(device):
+            losses.append(float(objective(batch, generator=generator)["total"]))
+            if len(dices) < budget:
+                take = budget - len(dices)
+                inputs = {k: batch[k][:take] for k in CONDITION_KEYS}
+                logits = model.reconstruct(inputs, seed=int(cfg.seed), sampler=sampler)
+                dices += dice(logits > 0, batch["occupancy"][:take] > 0.5).tolist()
+    model.train()
+    return {"val_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_dice": float(np.mean(dices)) if dices else float("nan")}
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("train_loss", "val_loss"):
+        points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None and np.isfinite(h[key])]
+        if points:
+            ax_loss.plot(*zip(*points), marker="o", label=key)
+    ax_loss.set_xlabel("epoch"), ax_loss.set_ylabel("loss"), ax_loss.legend(), ax_loss.grid(alpha=0.3)
+    ax_dice.plot(epochs, [h.get("val_dice", np.nan) for h in history], marker="o", color="tab:green")
+    ax_dice.set_xlabel("epoch (0 = before training)"), ax_dice.set_ylabel("validation Dice"), ax_dice.grid(alpha=0.3)
+    ax_dice.set_ylim(0, 1)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Run (or resume) training as configured; returns a summary. Files go to the checkpoint folder
+    (checkpoints) and ``run_dir`` (TensorBoard events, curves.png)."""
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    ranks = Ranks(cfg.device)
+    device = ranks.device
+    seed = int(cfg.seed)
+    torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
+
+    model, identity = build_model(cfg)
+    configure_trainable(model, cfg)
+    model.to(device)
+
+    manifest = load_manifest(cfg.data.slice_cache_dir)
+    train_ids, val_ids = split_cases([c["case_id"] for c in manifest["cases"]], float(cfg.data.val_fraction), seed)
+    crop = tuple(int(x) for x in cfg.data.preprocess_crop_size)
+    augment = Augmentation() if cfg.data.augment else None
+    train_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, train_ids, crop, int(cfg.data.min_pixels), augment, seed)
+    val_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, val_ids, crop, int(cfg.data.min_pixels), None, seed)
+    if len(train_set) == 0:
+        raise InputError(f"{cfg.data.slice_cache_dir}: no training samples (cases {train_ids})")
+    log.info("data: %d train cases (%d samples), %d validation cases (%d samples); crop %s",
+             len(train_ids), len(train_set), len(val_ids), len(val_set), list(crop))
+
+    batch_size = int(cfg.training.batch_size)
+    if ranks.world_size > 1:
+        sampler = DistributedSampler(train_set, num_replicas=ranks.world_size, rank=ranks.rank, shuffle=True, seed=seed)
+    else:
+        sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(seed))
+    loader_kwargs = dict(batch_size=batch_size, num_workers=int(cfg.data.num_workers), drop_last=False,
+                         persistent_workers=False, pin_memory=device.type == "cuda")
+    # Own generators: a loader without one draws its workers' base seed from the global RNG at every
+    # epoch, which would make a resumed run differ from an uninterrupted one.
+    train_loader = DataLoader(train_set, sampler=sampler, generator=torch.Generator().manual_seed(seed), **loader_kwargs)
+    val_loader = DataLoader(val_set, shuffle=False, generator=torch.Generator().manual_seed(seed), **loader_kwargs)
+
+    weights = LossWeights(**{k: float(cfg.loss[k]) for k in asdict(LossWeights())})
+    objective = TrainingObjective(model, weights).to(device)
+    stepper = objective
+    if ranks.world_size > 1:
+        stepper = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=float(cfg.training.learning_rate), weight_decay=float(cfg.training.weight_decay))
+    accum = max(1, int(cfg.training.grad_accum_steps))
+    max_batches = cfg.training.get("max_steps_per_epoch")
+    batches_per_epoch = len(train_loader) if not max_batches else min(len(train_loader), int(max_batches))
+    epochs = int(cfg.training.epochs)
+    total_steps = max(1, epochs * math.ceil(batches_per_epoch / accum))
+    scheduler = warmup_cosine(optimizer, int(cfg.training.warmup_steps), total_steps)
+    scaler = torch.amp.GradScaler(enabled=False)  # bf16 needs no loss scaling; kept for the format
+
+    ckpt_dir = Path(cfg.training.checkpoint_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    history: list[dict] = []
+    start_epoch, skip_batches, step, best_dice = 1, 0, 0, -1.0
+    if cfg.training.get("resume"):
+        payload = read_training_checkpoint(cfg.training.resume)
+        if payload["model_config"] != model.cfg.to_dict():
+            raise ConfigError(f"{cfg.training.resume}: trained with other model sizes "
+                              f"({payload['model_config']['name']}) than this run ({model.cfg.name}); use the same model=")
+        if payload["base_identity"] != identity:
+            raise ConfigError(f"{cfg.training.resume}: trained on other base weights ({payload['base_identity']}) "
+                              f"than this run ({identity})")
+        load_trained_state(model, payload["trained_state"], cfg.training.resume)
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        scaler.load_state_dict(payload["scaler"])
+        restore_rng(payload["rng"])
+        step, best_dice, history = payload["step"], payload["best_dice"], payload["history"]
+        if payload["batches_done"]:
+            start_epoch, skip_batches = payload["epoch"], payload["batches_done"]
+        else:
+            start_epoch = payload["epoch"] + 1
+        log.info("resumed from %s: epoch %d, batch %d, step %d", cfg.training.resume, start_epoch, skip_batches, step)
+
+    writer = None
+    if ranks.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    def payload_for(epoch: int, batches_done: int) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "trained_state": trained_state(model, cfg),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "epoch": epoch, "batches_done": batches_done, "step": step,
+                "best_dice": best_dice, "rng": rng_states(), "config": resolved, "model_config": model.cfg.to_dict(),
+                "base_identity": identity, "history": history}
+
+    if not history and ranks.is_main and len(val_set):
+        baseline = validate(objective, val_loader, device, cfg)
+        history.append({"epoch": 0, "train_loss": None, **baseline})
+        log.info("epoch 0 (untrained): val_loss %.4f val_dice %.4f", baseline["val_loss"], baseline["val_dice"])
+    ranks.barrier()
+
+    status = "completed"
+    model.train()
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, epochs + 1):
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
+            else:
+                sampler.generator.manual_seed(seed * 100003 + epoch)  # same order on resume
+            train_set.set_epoch(epoch)
+            bar = tqdm(total=batches_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not ranks.is_main,
+                       initial=skip_batches)
+            epoch_losses, seen, started = [], 0, time.perf_counter()
+            batches_done = skip_batches
+            for i, batch in enumerate(train_loader):
+                if i >= batches_per_epoch:
+                    break
+                if i < skip_batches:
+                    continue
+                batch = _to_device(batch, device)
+                last_micro = (i + 1) % accum == 0 or i + 1 == batches_per_epoch
+                sync = stepper.no_sync() if (ranks.world_size > 1 and not last_micro) else contextlib.nullcontext()
+                with sync, _autocast(device):
+                    terms = stepper(batch)
+                    (terms["total"] / accum).backward()
+                if last_micro:
+                    if cfg.training.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(params, float(cfg.training.grad_clip))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    step += 1
+                batches_done = i + 1
+                seen += batch["occupancy"].shape[0] * ranks.world_size
+                epoch_losses.append(float(terms["total"]))
+                rate = seen / max(1e-9, time.perf_counter() - started)
+                bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", samples_s=f"{rate:.1f}")
+                bar.update(1)
+                if writer is not None:
+                    for key, value in terms.items():
+                        writer.add_scalar(f"train/{key}", float(value), step)
+                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                if stop.signal is not None:
+                    break
+            bar.close()
+            skip_batches = 0
+            if stop.signal is not None:
+                done = batches_done >= batches_per_epoch
+                if ranks.is_main:
+                    save_training_checkpoint(ckpt_dir / "last.pt", payload_for(epoch, 0 if done else batches_done))
+                    log.info("stopped by %s in epoch %d after %d batches: wrote %s; resume with training.resume=%s",
+                             signal.Signals(stop.signal).name, epoch, batches_done, ckpt_dir / "last.pt", ckpt_dir / "last.pt")
+                status = "interrupted"
+                break
+            record = {"epoch": epoch, "train_loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan")}
+            if ranks.is_main:
+                if len(val_set):
+                    record.update(validate(objective, val_loader, device, cfg))
+                history.append(record)
+                log.info("epoch %d: train_loss %.4f val_loss %.4f val_dice %.4f (%.1f samples/s)", epoch,
+                         record["train_loss"], record.get("val_loss", float("nan")), record.get("val_dice", float("nan")),
+                         seen / max(1e-9, time.perf_counter() - started))
+                for key, value in record.items():
+                    if key != "epoch":
+                        writer.add_scalar(f"epoch/{key}", value, epoch)
+                dice_now = record.get("val_dice", float("nan"))
+                improved = np.isfinite(dice_now) and dice_now > best_dice
+                if improved:
+                    best_dice = dice_now
+                payload = payload_for(epoch, 0)
+                save_training_checkpoint(ckpt_dir / "last.pt", payload)
+                if epoch % int(cfg.training.save_every) == 0 or epoch == epochs:
+                    save_training_checkpoint(ckpt_dir / f"epoch_{epoch}.pt", payload)
+                if improved or not (ckpt_dir / "best.pt").exists():
+                    save_training_checkpoint(ckpt_dir / "best.pt", payload)
+            ranks.barrier()
+    if ranks.is_main:
+        plot_curves(history, run_dir / "curves.png")
+        writer.close()
+    ranks.close()
+    untrained = history[0].get("val_dice") if history and history[0]["epoch"] == 0 else None
+    return {"status": status, "signal": stop.signal, "history": history, "best_dice": best_dice,
+            "untrained_dice": untrained, "checkpoint_dir": str(ckpt_dir), "run_dir": str(run_dir)}
+
