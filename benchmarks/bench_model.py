@@ -13,10 +13,9 @@ batch size, with and without gradient checkpointing: median step time over --rep
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _timing import timed_steps
 
 from sam3d_med.model.flow_matching import flow_matching_loss
 from sam3d_med.model.lora import LoraSettings, apply_lora, trainable_parameters
@@ -45,25 +44,15 @@ def run(model, batch, checkpointing, device, dtype, warmup, repeats):
         block.use_checkpoint = checkpointing
     inputs, targets = make_inputs(model, batch, device, dtype)
     optimizer = torch.optim.AdamW(trainable_parameters(model).values(), lr=1e-4)
-    times = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for step in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+
+    def step():
         with torch.no_grad():
             cond = model.condition_embedder(**inputs)
-        loss = flow_matching_loss(model.generator, targets, cond, model.cfg.objective).loss
-        loss.backward()
+        flow_matching_loss(model.generator, targets, cond, model.cfg.objective).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return statistics.median(times), peak
+
+    return timed_steps(step, device, warmup, repeats)
 
 
 def main() -> None:

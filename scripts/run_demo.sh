@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The whole demo on CPU (`make demo`): synthetic phantom -> preprocessing. Later stages (training,
-# evaluation, visualization) join this script as they are built.
+# The whole demo on CPU (`make demo`): synthetic phantom -> preprocessing -> training the tiny model.
+# Evaluation and visualization join this script as they are built.
 set -euo pipefail
 OUT="${1:-demo_output}"
 mkdir -p "$OUT"
-echo "== 1/2 synthetic heart phantom (SYNTHETIC data, not patient images) -> $OUT/raw"
+echo "== 1/3 synthetic heart phantom (SYNTHETIC data, not patient images) -> $OUT/raw"
 sam3d-med phantom --out "$OUT/raw" --cases 12 --seed 0
-echo "== 2/2 preprocessing (tutorial step 2) -> $OUT/ts_processed"
+echo "== 2/3 preprocessing (tutorial step 2) -> $OUT/ts_processed"
 python scripts/reprocess_ts_nifti.py --original_nifti_dir "$OUT/raw" --out "$OUT/ts_processed" \
     --classes 5 --extract_mesh --spacing 3.0
 python - "$OUT/ts_processed" <<'PY'
@@ -15,4 +15,9 @@ m = json.load(open(f"{sys.argv[1]}/manifest.json"))
 n_slices = sum(len(c["slices"]) for c in m["cases"])
 print(f"cache: {len(m['cases'])} cases, {n_slices} slice files, classes {m['class_names']}")
 PY
-echo "demo finished: outputs in $OUT/"
+echo "== 3/3 training the tiny model on CPU (tutorial step 3; no pretrained weights exist for it, so it"
+echo "       trains all its own weights: experiment=demo_tiny). About 5 minutes."
+python scripts/train_medical_hydra.py experiment=demo_tiny data.slice_cache_dir="$OUT/ts_processed" \
+    training.epochs=6 training.max_steps_per_epoch=60 \
+    training.checkpoint_dir="$OUT/checkpoints/medical" hydra.run.dir="$OUT/outputs/train"
+echo "demo finished: outputs in $OUT/ (training log and curves.png in $OUT/outputs/train)"

@@ -25,7 +25,9 @@ def run_training_job(cfg: DictConfig) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if summary["status"] == "interrupted":
-        return 128 + int(summary["signal"])
+        print(f"stopped ({'step limit' if not summary['signal'] else 'signal'}): state saved in "
+              f"{summary['checkpoint_dir']}/last.pt; continue with training.resume={summary['checkpoint_dir']}/last.pt")
+        return 128 + int(summary["signal"]) if summary["signal"] else 0
     before, best = summary["untrained_dice"], summary["best_dice"]
     print(f"training finished: best validation Dice {best:.4f}"
           + (f" (untrained model: {before:.4f})" if before is not None else "")

@@ -115,6 +115,9 @@ def build_model(cfg: DictConfig) -> tuple[SparseStructureModel, dict]:
 def configure_trainable(model: SparseStructureModel, cfg: DictConfig) -> None:
     if cfg.training.train_base:
         model.requires_grad_(True)
+        for name, param in model.named_parameters():
+            if name.endswith("backbone.mask_token"):  # DINOv2's masked-image token: never used here
+                param.requires_grad_(False)
         if cfg.lora.enabled:
             raise ConfigError("training.train_base=true trains the whole model: set lora.enabled=false with it")
         return
@@ -186,11 +189,16 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int) -> torch.optim
 
 
 class StopRequest:
-    """Ctrl-C / SIGTERM set a flag; the loop finishes its step, writes last.pt and exits."""
+    """Ctrl-C / SIGTERM (or the step limit) set a flag; the loop finishes its step, writes last.pt
+    and exits. ``signal`` is the signal number, or 0 for the step limit."""
 
     def __init__(self):
         self.signal: int | None = None
         self._previous = {}
+
+    @property
+    def reason(self) -> str:
+        return "training.stop_after_steps" if self.signal == 0 else signal.Signals(self.signal).name
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -233,7 +241,9 @@ def validate(objective: TrainingObjective, loader: DataLoader, device: torch.dev
         from dataclasses import replace
         sampler = replace(sampler, steps=int(overrides.get("sampler_steps", sampler.steps)),
                           cfg_strength=float(overrides.get("cfg_strength", sampler.cfg_strength)))
-    for batch in loader:
+    for index, batch in enumerate(loader):
+        if cfg.validation.get("max_batches") and index >= int(cfg.validation.max_batches):
+            break
         batch = _to_device(batch, device)
         with _autocast(device):
             losses.append(float(objective(batch, generator=generator)["total"]))
@@ -307,7 +317,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     train_loader = DataLoader(train_set, sampler=sampler, generator=torch.Generator().manual_seed(seed), **loader_kwargs)
     val_loader = DataLoader(val_set, shuffle=False, generator=torch.Generator().manual_seed(seed), **loader_kwargs)
 
-    weights = LossWeights(**{k: float(cfg.loss[k]) for k in asdict(LossWeights())})
+    weights = LossWeights(**{k: type(v)(cfg.loss[k]) for k, v in asdict(LossWeights()).items()})
     objective = TrainingObjective(model, weights).to(device)
     stepper = objective
     if ranks.world_size > 1:
@@ -361,15 +371,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 "best_dice": best_dice, "rng": rng_states(), "config": resolved, "model_config": model.cfg.to_dict(),
                 "base_identity": identity, "history": history}
 
-    if not history and ranks.is_main and len(val_set):
-        baseline = validate(objective, val_loader, device, cfg)
-        history.append({"epoch": 0, "train_loss": None, **baseline})
-        log.info("epoch 0 (untrained): val_loss %.4f val_dice %.4f", baseline["val_loss"], baseline["val_dice"])
-    ranks.barrier()
-
     status = "completed"
-    model.train()
+    stop_after = cfg.training.get("stop_after_steps")
     with StopRequest() as stop:
+        if not history and ranks.is_main and len(val_set):
+            baseline = validate(objective, val_loader, device, cfg)
+            history.append({"epoch": 0, "train_loss": None, **baseline})
+            log.info("epoch 0 (untrained): val_loss %.4f val_dice %.4f", baseline["val_loss"], baseline["val_dice"])
+        ranks.barrier()
+        model.train()
         for epoch in range(start_epoch, epochs + 1):
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
@@ -398,15 +408,18 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
                     step += 1
+                    if stop_after and step >= int(stop_after) and stop.signal is None:
+                        stop.signal = 0
                 batches_done = i + 1
                 seen += batch["occupancy"].shape[0] * ranks.world_size
-                epoch_losses.append(float(terms["total"]))
+                values = {key: float(value.detach()) for key, value in terms.items()}
+                epoch_losses.append(values["total"])
                 rate = seen / max(1e-9, time.perf_counter() - started)
                 bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", samples_s=f"{rate:.1f}")
                 bar.update(1)
                 if writer is not None:
-                    for key, value in terms.items():
-                        writer.add_scalar(f"train/{key}", float(value), step)
+                    for key, value in values.items():
+                        writer.add_scalar(f"train/{key}", value, step)
                     writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
                 if stop.signal is not None:
                     break
@@ -417,7 +430,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 if ranks.is_main:
                     save_training_checkpoint(ckpt_dir / "last.pt", payload_for(epoch, 0 if done else batches_done))
                     log.info("stopped by %s in epoch %d after %d batches: wrote %s; resume with training.resume=%s",
-                             signal.Signals(stop.signal).name, epoch, batches_done, ckpt_dir / "last.pt", ckpt_dir / "last.pt")
+                             stop.reason, epoch, batches_done, ckpt_dir / "last.pt", ckpt_dir / "last.pt")
                 status = "interrupted"
                 break
             record = {"epoch": epoch, "train_loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan")}

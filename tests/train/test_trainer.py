@@ -1,0 +1,157 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sam3d_med.errors import ConfigError, InputError
+from sam3d_med.train.trainer import CHECKPOINT_FORMAT, read_training_checkpoint, train
+from tests.train.conftest import CONFIG_DIR, QUICK, make_config
+
+REPO = Path(__file__).resolve().parents[2]
+TUTORIAL_OVERRIDES = [
+    ["data.preprocess_crop_size=[256,256]", "training.epochs=50", "training.batch_size=4", "lora.rank=8", "lora.alpha=16"],
+    ["data.slice_cache_dir=dataset/custom", "data.preprocess_crop_size=[192,192]", "training.learning_rate=1e-4",
+     "training.weight_decay=0.01", "lora.rank=16", "lora.alpha=32", "loss.w_mask_loss=1.0", "loss.w_sdf_loss=0.5"],
+]
+
+
+@pytest.mark.parametrize("overrides", TUTORIAL_OVERRIDES)
+def test_every_tutorial_key_exists(overrides):
+    cfg = make_config(overrides)
+    assert cfg.model.preset == "sam3d" and cfg.lora.enabled  # the default is the official model with LoRA
+
+
+def test_training_writes_checkpoints_logs_and_curves(quick_config, tmp_path):
+    cfg = quick_config("training.epochs=2", "training.save_every=1")
+    summary = train(cfg, tmp_path / "run")
+    ckpt = tmp_path / "ckpt"
+    assert summary["status"] == "completed"
+    assert {p.name for p in ckpt.iterdir()} == {"epoch_1.pt", "epoch_2.pt", "best.pt", "last.pt"}
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 5000
+    assert list((tmp_path / "run" / "tensorboard").iterdir())
+    payload = read_training_checkpoint(ckpt / "last.pt")
+    assert payload["format"] == CHECKPOINT_FORMAT and payload["epoch"] == 2 and payload["step"] == 4
+    for key in ("trained_state", "optimizer", "scheduler", "scaler", "rng", "config", "model_config", "base_identity"):
+        assert key in payload
+    assert payload["config"]["training"]["epochs"] == 2
+    assert [h["epoch"] for h in payload["history"]] == [0, 1, 2]
+    assert payload["base_identity"] == {"kind": "random-init", "preset": "tiny", "init_seed": 0}
+
+
+def test_resume_mid_epoch_continues_exactly(quick_config, tmp_path):
+    straight = train(quick_config("training.epochs=2", f"training.checkpoint_dir={tmp_path / 'a'}"), tmp_path / "ra")
+    # the same run, stopped after 3 steps (in the middle of epoch 2), then resumed
+    stopped = train(quick_config("training.epochs=2", "training.stop_after_steps=3",
+                                 f"training.checkpoint_dir={tmp_path / 'b'}"), tmp_path / "rb")
+    assert stopped["status"] == "interrupted"
+    payload = read_training_checkpoint(tmp_path / "b" / "last.pt")
+    assert (payload["epoch"], payload["batches_done"], payload["step"]) == (2, 1, 3)
+    resumed = train(quick_config("training.epochs=2", f"training.checkpoint_dir={tmp_path / 'b'}",
+                                 f"training.resume={tmp_path / 'b' / 'last.pt'}"), tmp_path / "rc")
+    assert resumed["status"] == "completed" and straight["status"] == "completed"
+    a = read_training_checkpoint(tmp_path / "a" / "last.pt")
+    b = read_training_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for key, value in a["trained_state"].items():
+        assert torch.equal(value, b["trained_state"][key]), key
+
+
+def test_resume_refuses_other_base_weights_or_sizes(quick_config, tmp_path):
+    train(quick_config("training.epochs=1"), tmp_path / "run")
+    last = tmp_path / "ckpt" / "last.pt"
+    with pytest.raises(ConfigError, match="other base weights"):
+        train(quick_config("training.epochs=2", "model.init_seed=5", f"training.resume={last}"), tmp_path / "r2")
+    cfg = quick_config("training.epochs=2", f"training.resume={last}")
+    payload = torch.load(last, weights_only=False)
+    payload["model_config"]["name"] = "other"
+    torch.save(payload, tmp_path / "other.pt")
+    cfg.training.resume = str(tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="other model sizes"):
+        train(cfg, tmp_path / "r3")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    cfg.training.resume = str(tmp_path / "junk.pt")
+    with pytest.raises(InputError, match="unreadable checkpoint"):
+        train(cfg, tmp_path / "r4")
+
+
+def test_lora_on_tiny_trains_only_adapters(quick_config, tmp_path):
+    cfg = quick_config("training.epochs=1", "training.train_base=false", "lora.enabled=true", "lora.rank=2",
+                       "loss.w_vae_loss=0")
+    train(cfg, tmp_path / "run")
+    state = read_training_checkpoint(tmp_path / "ckpt" / "last.pt")["trained_state"]
+    assert state and all("lora_" in k for k in state)
+
+
+def test_clear_errors_for_missing_weights_and_cache(quick_config, tmp_path):
+    with pytest.raises(InputError, match="no official weights"):
+        train(quick_config("model=sam3d", f"model.checkpoint_dir={tmp_path / 'nothing'}",
+                           "training.train_base=false", "lora.enabled=true"), tmp_path / "run")
+    with pytest.raises(InputError, match="cache folder does not exist"):
+        train(quick_config(f"data.slice_cache_dir={tmp_path / 'none'}"), tmp_path / "run")
+    with pytest.raises(ConfigError, match="nothing to train"):
+        train(quick_config("training.train_base=false", "lora.enabled=false"), tmp_path / "run")
+
+
+def _script_env():
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.e2e
+def test_unknown_key_fails_with_hydras_message(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "train_medical_hydra.py"), "training.no_such_key=1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=_script_env())
+    assert done.returncode != 0 and "no_such_key" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.e2e
+def test_sigterm_writes_last_checkpoint_and_exits_cleanly(cache_dir, tmp_path):
+    args = [sys.executable, str(REPO / "scripts" / "train_medical_hydra.py"), *QUICK,
+            f"data.slice_cache_dir={cache_dir}", "training.checkpoint_dir=ckpt", "training.epochs=50",
+            "training.max_steps_per_epoch=50", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_script_env())
+    log = tmp_path / "run" / "train.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and "epoch 0 (untrained)" in log.read_text()):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err
+    payload = read_training_checkpoint(tmp_path / "ckpt" / "last.pt")
+    assert payload["step"] >= 1 and "training.resume=" in out
+
+
+@pytest.mark.e2e
+def test_two_process_distributed_training_with_gloo(cache_dir, tmp_path):
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+            str(REPO / "scripts" / "train_medical_hydra.py"), *QUICK, f"data.slice_cache_dir={cache_dir}",
+            "training.checkpoint_dir=ckpt", "training.epochs=1", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_script_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "distributed: rank 0 of 2 (gloo)" in (tmp_path / "run" / "train.log").read_text()
+    payload = read_training_checkpoint(tmp_path / "ckpt" / "last.pt")
+    assert payload["step"] == 2 and (tmp_path / "ckpt" / "best.pt").is_file()
+
+
+@pytest.mark.e2e
+def test_pipeline_script_translates_options_and_passes_overrides(cache_dir, tmp_path):
+    script = REPO / "scripts" / "run_medical_pipeline.sh"
+    helped = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 0 and "--lora_rank" in helped.stdout and "--resume" in helped.stdout
+    env = {**_script_env(), "PYTHON": sys.executable}
+    args = [str(script), "--batch_size", "2", "--epochs", "1", "--preprocess_crop_size", "32,32", "--lora_rank", "2",
+            *[o for o in QUICK if not o.startswith(("training.batch_size", "data.preprocess_crop_size"))],
+            "training.train_base=false", "lora.enabled=true", "loss.w_vae_loss=0",
+            f"data.slice_cache_dir={cache_dir}", "training.checkpoint_dir=ckpt", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "lora.rank=2" in done.stderr and "lora.alpha=4" in done.stderr
+    payload = read_training_checkpoint(tmp_path / "ckpt" / "last.pt")
+    assert payload["config"]["lora"]["rank"] == 2 and payload["config"]["training"]["batch_size"] == 2
+    assert (tmp_path / "run" / "train.log").is_file()
