@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sam3d_med.data.geometry import (isotropic_grid, resample_isotropic, slice_pointmap, take_slice,
+from sam3d_med.data.geometry import (isotropic_grid, resample_isotropic, take_slice, world_grid,
                                      voxel_to_world, world_to_voxel)
 from sam3d_med.data.phantom import orientation_affine
 from tests.conftest import ellipsoid_mask
@@ -25,7 +25,7 @@ def oblique_affine():
 def test_pointmap_is_affine_times_voxel_index(affine, axis):
     shape = (6, 7, 8)
     index = 3
-    pointmap = slice_pointmap(shape, affine, axis, index)
+    pointmap = take_slice(world_grid(shape, affine), axis, index, leading=1)
     other = [a for a in range(3) if a != axis]
     assert pointmap.shape == (3, shape[other[0]], shape[other[1]])
     for h in range(pointmap.shape[1]):

@@ -64,20 +64,15 @@ def take_slice(volume: np.ndarray, axis: int, index: int, leading: int = 0) -> n
     return volume[(slice(None),) * (leading + axis) + (index,)]
 
 
-def slice_voxel_indices(shape_ijk: tuple[int, int, int], axis: int, index: int) -> np.ndarray:
-    """Voxel indices (3, H, W) [i, j, k] of every pixel of the slice (order as ``take_slice``)."""
-    grids = [np.arange(n, dtype=np.float64) for n in shape_ijk]
-    grids[axis] = np.array([float(index)])
-    ii, jj, kk = np.meshgrid(*grids, indexing="ij")
-    return np.stack([take_slice(g, axis, 0) for g in (ii, jj, kk)])
+def world_grid(shape_ijk: tuple[int, int, int], affine: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """World RAS+ mm (3, I, J, K) of every voxel centre: ``affine @ [i, j, k, 1]``.
 
-
-def slice_pointmap(shape_ijk: tuple[int, int, int], affine: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """World RAS+ mm (3, H, W) of each pixel's voxel centre: ``affine @ [i, j, k, 1]``."""
-    ijk = slice_voxel_indices(shape_ijk, axis, index)
+    Slicing it (``take_slice(grid, axis, s, leading=1)``) gives a slice's pointmap (3, H, W).
+    """
     affine = np.asarray(affine, dtype=np.float64)
-    world = np.einsum("ab,bhw->ahw", affine[:3, :3], ijk) + affine[:3, 3, None, None]
-    return world
+    ijk = np.indices(shape_ijk, dtype=np.float64)
+    world = np.einsum("ab,bijk->aijk", affine[:3, :3], ijk) + affine[:3, 3, None, None, None]
+    return world.astype(dtype, copy=False)
 
 
 def world_to_voxel(points_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ from ..errors import InputError
 from ..io.atomic import atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from ..io.nifti import load_volume, voxel_spacing_mm
 from .classes import DEFAULT_CLASS_NAMES, read_class_names
-from .geometry import resample_isotropic, take_slice
+from .geometry import resample_isotropic, take_slice, world_grid
 from .surfaces import mask_surface_mesh, mesh_obj_text, signed_distance_mm
 
 PREPROCESS_VERSION = 1
@@ -182,8 +182,7 @@ def process_case(case_dir: str | Path, out_dir: str | Path, options: PreprocessO
     # are written from a thread while this one computes distances and meshes (file creation stalls
     # while the kernel flushes earlier writes; the stall then costs no compute time).
     image3 = window_ct(image_hu)
-    ijk = np.indices(shape, dtype=np.float64)
-    world = (np.einsum("ab,bijk->aijk", affine[:3, :3], ijk) + affine[:3, 3, None, None, None]).astype(np.float32)
+    world = world_grid(shape, affine, dtype=np.float32)
     sdf_rel = f"{case_id}_sdf.npy"
     record = {
         "case_id": case_id,

@@ -19,7 +19,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -238,7 +238,6 @@ def validate(objective: TrainingObjective, loader: DataLoader, device: torch.dev
     sampler = model.cfg.sampler
     overrides = {k: cfg.validation[k] for k in ("sampler_steps", "cfg_strength") if cfg.validation.get(k) is not None}
     if overrides:
-        from dataclasses import replace
         sampler = replace(sampler, steps=int(overrides.get("sampler_steps", sampler.steps)),
                           cfg_strength=float(overrides.get("cfg_strength", sampler.cfg_strength)))
     for index, batch in enumerate(loader):
