@@ -173,3 +173,19 @@ def test_shape_position_embedding_is_the_fixed_sinusoid(tiny_model):
     expected_i = torch.cat([torch.sin(i * freqs), torch.cos(i * freqs)])
     assert torch.allclose(token[:2 * freq_dim], expected_i, atol=1e-6)
     assert math.isclose(float(token[-1]), 0.0) or C % 6 == 0
+
+
+@pytest.mark.parametrize("component", ["generator", "condition_embedder", "decoder", "encoder"])
+def test_full_preset_key_set_equals_the_official_listing(full_model_on_meta, component):
+    import re
+
+    from tests.model.official_layout import OFFICIAL_BLOCK_COUNTS, OFFICIAL_KEY_PATTERNS
+
+    keys = getattr(full_model_on_meta, component).state_dict().keys()
+    assert {re.sub(r"blocks\.\d+\.", "blocks.*.", k) for k in keys} == set(OFFICIAL_KEY_PATTERNS[component])
+    counts: dict[str, set[int]] = {}
+    for key in keys:
+        match = re.match(r"(.*?)blocks\.(\d+)\.", key)
+        if match:
+            counts.setdefault(match.group(1), set()).add(int(match.group(2)))
+    assert {prefix: len(indices) for prefix, indices in counts.items()} == OFFICIAL_BLOCK_COUNTS[component]
