@@ -1,0 +1,63 @@
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+
+from sam3d_med.eval.metrics import directed_distances_mm, segmentation_metrics, summarize
+from tests.conftest import ellipsoid_mask
+
+
+def one_hot(mask):
+    return torch.from_numpy(np.stack([~mask, mask]))[None].float()
+
+
+def shapes(seed):
+    rng = np.random.default_rng(seed)
+    a = ellipsoid_mask((30, 32, 28), centre=rng.uniform(12, 16, 3), semi_axes=rng.uniform(4, 9, 3))
+    b = ellipsoid_mask((30, 32, 28), centre=rng.uniform(12, 16, 3), semi_axes=rng.uniform(4, 9, 3))
+    return a, b
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("spacing", [(3.0, 3.0, 3.0), (1.0, 2.0, 0.7)])
+def test_equal_to_monai(seed, spacing):
+    a, b = shapes(seed)
+    ours = segmentation_metrics(a, b, spacing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hd = compute_hausdorff_distance(one_hot(a), one_hot(b), include_background=False, percentile=95, spacing=list(spacing))
+        dice = compute_dice(one_hot(a), one_hot(b), include_background=False)
+        for tol in (1.0, 3.0, 6.0):
+            nsd = compute_surface_dice(one_hot(a), one_hot(b), class_thresholds=[tol], include_background=False,
+                                       spacing=list(spacing))
+            assert ours[f"nsd_{tol:g}mm"] == pytest.approx(nsd.item(), abs=1e-6)
+    assert ours["hd95_mm"] == pytest.approx(hd.item(), rel=1e-5)
+    assert ours["dice"] == pytest.approx(dice.item(), abs=1e-6)
+
+
+def test_known_values_in_mm():
+    a = np.zeros((20, 20, 20), bool)
+    a[5:10, 5:10, 5:10] = True
+    b = np.roll(a, 2, axis=0)  # shifted by 2 voxels of 3 mm along i
+    m = segmentation_metrics(a, b, (3.0, 3.0, 3.0))
+    assert m["dice"] == pytest.approx(2 * 75 / 250)
+    assert m["hd95_mm"] == pytest.approx(6.0)
+    assert segmentation_metrics(a, a, (3.0, 3.0, 3.0)) == {"dice": 1.0, "hd95_mm": 0.0, "chamfer_mm": 0.0,
+                                                           "nsd_1mm": 1.0, "nsd_3mm": 1.0, "nsd_6mm": 1.0}
+    # Chamfer is the mean of the two directed means, not squared
+    d1, d2 = directed_distances_mm(a, b, (3, 3, 3)), directed_distances_mm(b, a, (3, 3, 3))
+    assert m["chamfer_mm"] == pytest.approx((d1.mean() + d2.mean()) / 2)
+
+
+def test_empty_masks_and_summaries():
+    a = np.zeros((8, 8, 8), bool)
+    a[2:5, 2:5, 2:5] = True
+    empty = np.zeros_like(a)
+    assert all(math.isnan(v) for v in segmentation_metrics(empty, empty, (1, 1, 1)).values())
+    missed = segmentation_metrics(empty, a, (1, 1, 1))
+    assert missed["dice"] == 0 and missed["nsd_1mm"] == 0 and math.isinf(missed["hd95_mm"]) and math.isinf(missed["chamfer_mm"])
+    s = summarize([1.0, 3.0, math.inf, math.nan])
+    assert (s["mean"], s["median"], s["count"], s["finite"], s["nan"], s["inf"]) == (2.0, 2.0, 4, 2, 1, 1)
