@@ -115,6 +115,37 @@ def cmd_model_info(args) -> int:
     return 0
 
 
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="training checkpoint (best.pt, last.pt, epoch_N.pt)")
+    p.add_argument("--data_root", required=True, help="preprocessed test cache (manifest.json)")
+    p.add_argument("--output_dir", default="results/evaluation")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--policy", default="max_area", help="conditioning slice per class and axis: max_area or center")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance strength (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train_cache", default=None, help="training cache for the baselines (default: the checkpoint's)")
+    p.add_argument("--max_cases", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--save_viz", action="store_true", help="per-case overlay figures in visualizations/")
+
+
+def cmd_eval(args) -> int:
+    if args.save_viz:
+        raise NotImplementedError("--save_viz needs the drawing code of the visualization module (issue 7), "
+                                  "which is not built yet")
+    from .eval.runner import EvalOptions, evaluate, summary_table
+    from .train.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    options = EvalOptions(policy=args.policy, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                          batch_size=args.batch_size, train_cache=args.train_cache, max_cases=args.max_cases)
+    document = evaluate(args.checkpoint, args.data_root, args.output_dir, options, device=str(device))
+    print(summary_table(document))
+    print(f"metrics: {args.output_dir}/metrics.json, {args.output_dir}/metrics.csv")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam3d-med", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="sam3d", help="sam3d (official sizes) or tiny")
     p.add_argument("--config_dir", default=None, help="folder with the official YAML files to read sizes from")
     p.set_defaults(func=cmd_model_info)
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a test cache (Dice, HD95, Chamfer, NSD; baselines)")
+    add_eval_arguments(p)
+    p.set_defaults(func=cmd_eval)
     p = sub.add_parser("download", help="download the official SAM 3D Objects weights and configs")
     add_download_arguments(p)
     p.set_defaults(func=cmd_download)
@@ -139,6 +173,9 @@ def run_command(func, args) -> int:
     except Sam3dMedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except NotImplementedError as exc:
+        print(f"error: not implemented: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: finished files are kept; run the same command again to resume", file=sys.stderr)
         return 130

@@ -144,6 +144,19 @@ def load_trained_state(model: SparseStructureModel, state: dict[str, torch.Tenso
         raise ConfigError(f"{path}: weights that this model does not have (first: {result.unexpected_keys[:3]})")
 
 
+def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[SparseStructureModel, dict]:
+    """The trained model of a training checkpoint (base weights rebuilt as configured, adapters or
+    trained weights loaded), in eval mode, and the checkpoint's payload."""
+    payload = read_training_checkpoint(path)
+    cfg = OmegaConf.create(payload["config"])
+    model, identity = build_model(cfg)
+    if identity != payload["base_identity"]:
+        raise ConfigError(f"{path}: its base weights ({payload['base_identity']}) are not the ones found now ({identity})")
+    configure_trainable(model, cfg)
+    load_trained_state(model, payload["trained_state"], path)
+    return model.to(device).eval(), payload
+
+
 # ----------------------------------------------------------------------------- checkpoint files
 def save_training_checkpoint(path: Path, payload: dict) -> None:
     with atomic_path(path) as tmp:

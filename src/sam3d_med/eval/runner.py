@@ -1,0 +1,246 @@
+"""The evaluation protocol (tutorial step 4).
+
+For every test case and every class present in it, and for each slicing axis of the cache, one
+conditioning slice is chosen by ``policy`` ("max_area": the slice with the largest area of that class,
+the default; "center": the slice through the class's centroid). The model samples a reconstruction
+(steps, guidance and seed from the checkpoint's model settings unless overridden), thresholded at
+logit 0 (probability 0.5), and is scored against the ground truth on the 64^3 grid with the case's
+spacing (``metrics.segmentation_metrics``). Sampler settings: the model's, overridden by the
+checkpoint's validation settings (what its validation Dice was measured with), overridden by the
+command line. Two baselines are scored on the same samples:
+- ``mean_shape``: the training cases' mean occupancy of the class, thresholded at 0.5;
+- ``extrude``: the input slice's mask repeated along the slice axis over the class's median extent
+  (in voxels) along that axis in the training cases, centred on the input slice.
+Results per case go to ``cases/<id>.json`` as soon as the case is scored, so a re-run skips cases
+already scored with the same protocol; ``metrics.json`` and ``metrics.csv`` are written at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .. import __version__
+from ..data.dataset import SliceClassDataset, load_manifest, split_cases
+from ..errors import ConfigError, InputError
+from ..io.atomic import atomic_write_json, atomic_write_text
+from ..train.losses import CONDITION_KEYS
+from ..train.trainer import load_model_from_checkpoint
+from .metrics import DEFAULT_NSD_TOLERANCES_MM, segmentation_metrics, summarize
+
+METHODS = ("model", "mean_shape", "extrude")
+POLICIES = ("max_area", "center")
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    policy: str = "max_area"
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    batch_size: int = 8
+    nsd_tolerances_mm: tuple[float, ...] = DEFAULT_NSD_TOLERANCES_MM
+    train_cache: str | None = None  # default: the training cache named in the checkpoint
+    max_cases: int | None = None
+
+
+def choose_slices(case: dict, axes, policy: str) -> list[tuple[dict, int]]:
+    """(slice entry, class) per class present in the case and per axis, chosen by ``policy``."""
+    chosen = []
+    for cls in sorted(int(c) for c, n in case["class_voxel_counts"].items() if n > 0):
+        for axis in axes:
+            entries = [e for e in case["slices"] if e["axis"] == axis and e["class_pixel_counts"].get(str(cls), 0) > 0]
+            if not entries:
+                continue
+            if policy == "max_area":
+                best = max(entries, key=lambda e: (e["class_pixel_counts"][str(cls)], -e["slice_idx"]))
+            elif policy == "center":
+                weights = np.array([e["class_pixel_counts"][str(cls)] for e in entries], dtype=np.float64)
+                centroid = float(np.average([e["slice_idx"] for e in entries], weights=weights))
+                best = min(entries, key=lambda e: (abs(e["slice_idx"] - centroid), e["slice_idx"]))
+            else:
+                raise ConfigError(f"--policy must be one of {POLICIES}")
+            chosen.append((best, cls))
+    return chosen
+
+
+class TrainingPriors:
+    """Mean occupancy per class and median extent per class and axis over the training cases."""
+
+    def __init__(self, cache_dir: Path, case_ids: list[str], classes: list[int]):
+        manifest = load_manifest(cache_dir)
+        cases = [c for c in manifest["cases"] if c["case_id"] in set(case_ids)]
+        if not cases:
+            raise InputError(f"{cache_dir}: none of the checkpoint's training cases are in this cache")
+        self.mean_occupancy, self.extent = {}, {}
+        sums, extents = {}, {c: [[], [], []] for c in classes}
+        for case in cases:
+            sdf = np.load(cache_dir / case["sdf_path"], mmap_mode="r")
+            for c in classes:
+                occ = np.asarray(sdf[c - 1] < 0)
+                sums[c] = sums.get(c, 0) + occ.astype(np.float64)
+                for axis in range(3):
+                    present = np.flatnonzero(occ.any(axis=tuple(a for a in range(3) if a != axis)))
+                    if present.size:
+                        extents[c][axis].append(present[-1] - present[0] + 1)
+        for c in classes:
+            self.mean_occupancy[c] = sums[c] / len(cases) >= 0.5
+            self.extent[c] = [int(np.median(e)) if e else 1 for e in extents[c]]
+        self.n_cases = len(cases)
+
+    def extrude(self, occupancy: np.ndarray, cls: int, axis: int, slice_idx: int) -> np.ndarray:
+        plane = np.take(occupancy, slice_idx, axis=axis)
+        extent = self.extent[cls][axis]
+        lo = max(0, slice_idx - extent // 2)
+        hi = min(occupancy.shape[axis], lo + extent)
+        out = np.zeros_like(occupancy, dtype=bool)
+        index = [slice(None)] * 3
+        index[axis] = slice(lo, hi)
+        out[tuple(index)] = np.expand_dims(plane, axis)
+        return out
+
+
+def _protocol(options: EvalOptions, sampler, checkpoint: Path) -> dict:
+    doc = {"policy": options.policy, "threshold": "logit > 0 (p > 0.5)", "sampler": dataclasses.asdict(sampler),
+           "seed": options.seed, "nsd_tolerances_mm": list(options.nsd_tolerances_mm),
+           "checkpoint": str(checkpoint), "baselines": ["mean_shape", "extrude"]}
+    doc["id"] = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return doc
+
+
+def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Path, options: EvalOptions,
+             device: str = "cpu", log=lambda m: print(m, file=sys.stderr)) -> dict:
+    from tqdm import tqdm
+
+    checkpoint, data_root, output_dir = Path(checkpoint), Path(data_root), Path(output_dir)
+    if options.policy not in POLICIES:
+        raise ConfigError(f"--policy must be one of {POLICIES}")
+    model, payload = load_model_from_checkpoint(checkpoint, device)
+    cfg = payload["config"]
+    manifest = load_manifest(data_root)
+    trained_names = {str(k): v for k, v in load_manifest(cfg["data"]["slice_cache_dir"])["class_names"].items()} \
+        if Path(cfg["data"]["slice_cache_dir"]).is_dir() else None
+    names = manifest["class_names"]
+    if trained_names is not None and trained_names != names:
+        raise InputError(f"{data_root}: classes {names} differ from the checkpoint's training classes {trained_names}")
+    # sampler: the model's settings, then the checkpoint's validation settings, then the options
+    trained = cfg.get("validation", {})
+    steps = options.steps or trained.get("sampler_steps") or model.cfg.sampler.steps
+    guidance = options.guidance if options.guidance is not None else trained.get("cfg_strength")
+    sampler = dataclasses.replace(model.cfg.sampler, steps=int(steps),
+                                  cfg_strength=float(model.cfg.sampler.cfg_strength if guidance is None else guidance))
+    protocol = _protocol(options, sampler, checkpoint)
+
+    train_cache = Path(options.train_cache or cfg["data"]["slice_cache_dir"])
+    if not (train_cache / "manifest.json").is_file():
+        raise InputError(f"{train_cache}: the training cache is needed for the baselines (mean shape, extent); "
+                         f"pass --train_cache")
+    train_manifest = load_manifest(train_cache)
+    train_ids, _ = split_cases([c["case_id"] for c in train_manifest["cases"]], float(cfg["data"]["val_fraction"]),
+                               int(cfg["seed"]))
+    classes = sorted(int(k) for k in names)
+    priors = TrainingPriors(train_cache, train_ids, classes)
+    log(f"baselines from {priors.n_cases} training cases in {train_cache}")
+
+    cases = manifest["cases"][: options.max_cases] if options.max_cases else manifest["cases"]
+    axes = manifest["options"]["axes"]
+    crop = tuple(cfg["data"]["preprocess_crop_size"])
+    cases_dir = output_dir / "cases"
+    cases_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    todo = []
+    for case in cases:
+        done_path = cases_dir / f"{case['case_id']}.json"
+        if done_path.is_file():
+            done = json.loads(done_path.read_text())
+            if done.get("protocol_id") == protocol["id"]:
+                records += done["records"]
+                continue
+        todo.append(case)
+    if len(todo) < len(cases):
+        log(f"{len(cases) - len(todo)} cases already scored with this protocol (delete {cases_dir} to redo)")
+    for case in tqdm(todo, desc="evaluate", unit="case"):
+        dataset = SliceClassDataset(data_root, manifest, [case["case_id"]], crop, min_pixels=1)
+        dataset.samples = [(case["case_id"], entry, cls) for entry, cls in choose_slices(case, axes, options.policy)]
+        loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False)
+        spacing = case["spacing_mm"]
+        case_records = []
+        position = 0
+        for batch in loader:
+            inputs = {k: batch[k].to(device) for k in CONDITION_KEYS}
+            with torch.no_grad():
+                logits = model.reconstruct(inputs, seed=options.seed, sampler=sampler)
+            for b in range(logits.shape[0]):
+                _, entry, cls = dataset.samples[position]
+                position += 1
+                truth = batch["occupancy"][b, 0].numpy() > 0.5
+                predictions = {"model": logits[b, 0].float().cpu().numpy() > 0,
+                               "mean_shape": priors.mean_occupancy[cls],
+                               "extrude": priors.extrude(truth, cls, entry["axis"], entry["slice_idx"])}
+                for method, pred in predictions.items():
+                    case_records.append({"case_id": case["case_id"], "class_id": cls, "class_name": names[str(cls)],
+                                         "axis": entry["axis"], "slice_idx": entry["slice_idx"], "method": method,
+                                         **segmentation_metrics(pred, truth, spacing, options.nsd_tolerances_mm)})
+        atomic_write_json(cases_dir / f"{case['case_id']}.json", {"protocol_id": protocol["id"], "records": case_records})
+        records += case_records
+    return write_reports(records, output_dir, protocol, names, options)
+
+
+def json_safe(obj):
+    """Strict JSON: non-finite floats become the strings "nan", "inf", "-inf"."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if np.isfinite(value) else ("nan" if np.isnan(value) else ("inf" if value > 0 else "-inf"))
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_reports(records: list[dict], output_dir: Path, protocol: dict, names: dict, options: EvalOptions) -> dict:
+    metric_names = ["dice", "hd95_mm", "chamfer_mm"] + [f"nsd_{t:g}mm" for t in options.nsd_tolerances_mm]
+    summary = {}
+    for method in METHODS:
+        rows = [r for r in records if r["method"] == method]
+        per_class = {names[str(c)]: {m: summarize([r[m] for r in rows if r["class_id"] == c]) for m in metric_names}
+                     for c in sorted({r["class_id"] for r in rows})}
+        summary[method] = {"overall": {m: summarize([r[m] for r in rows]) for m in metric_names}, "per_class": per_class}
+    import monai
+    document = {"protocol": protocol, "versions": {"sam3d_med": __version__, "torch": torch.__version__,
+                                                   "monai": monai.__version__},
+                "empty_mask_convention": "both empty: NaN; one empty: dice/nsd 0, hd95/chamfer inf; summaries over finite values",
+                "summary": summary, "records": records}
+    atomic_write_json(output_dir / "metrics.json", json_safe(document))
+    buffer = io.StringIO()
+    fields = ["case_id", "class_id", "class_name", "axis", "slice_idx", "method"] + metric_names
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(records)
+    atomic_write_text(output_dir / "metrics.csv", buffer.getvalue())
+    return document
+
+
+def summary_table(document: dict) -> str:
+    """Dice mean and HD95 median per class, model beside the baselines."""
+    lines = [f"{'class':<18}" + "".join(f"{m + ' Dice':>17}{m + ' HD95':>17}" for m in METHODS)]
+    per_method = document["summary"]
+    classes = list(per_method["model"]["per_class"])
+    for name in classes + ["(all)"]:
+        cells = []
+        for method in METHODS:
+            stats = per_method[method]["overall"] if name == "(all)" else per_method[method]["per_class"][name]
+            cells.append(f"{stats['dice']['mean']:>17.3f}{stats['hd95_mm']['median']:>14.1f} mm")
+        lines.append(f"{name:<18}" + "".join(cells))
+    return "\n".join(lines)
