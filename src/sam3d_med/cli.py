@@ -146,6 +146,22 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .eval.predict import predict_volume
+    from .train.trainer import load_model_from_checkpoint, resolve_device
+
+    device = resolve_device(args.device)
+    model, payload = load_model_from_checkpoint(args.checkpoint, device)
+    config = payload["config"]
+    written = predict_volume(
+        model, args.image, args.axis, args.slice_idx, args.out, mask_png=args.mask, label_path=args.label,
+        class_id=args.class_id, spacing_mm=args.spacing, crop_size=int(config["data"]["preprocess_crop_size"][0]),
+        seed=args.seed, probability_path=args.probabilities, mesh_path=args.mesh, device=str(device))
+    print(f"prediction: {written['mask']} ({written['voxels']} voxels, {written['volume_ml']:.1f} ml, on the input's grid)"
+          + "".join(f"; {k}: {written[k]}" for k in ("probability", "mesh") if k in written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam3d-med", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a test cache (Dice, HD95, Chamfer, NSD; baselines)")
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("predict", help="one slice + mask of a NIfTI scan -> 3-D prediction as NIfTI on the scan's grid")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--image", required=True, help="the scan (NIfTI)")
+    p.add_argument("--axis", type=int, required=True, help="array axis of the slice, as stored in the file")
+    p.add_argument("--slice_idx", type=int, required=True, help="index of the slice along --axis, as stored")
+    p.add_argument("--mask", default=None, help="PNG mask of the structure on that slice (rows x columns of the slice)")
+    p.add_argument("--label", default=None, help="label volume on the scan's grid (with --class)")
+    p.add_argument("--class", dest="class_id", type=int, default=None, help="label value of the structure")
+    p.add_argument("--out", required=True, help="predicted mask, NIfTI with the scan's affine")
+    p.add_argument("--probabilities", default=None, help="also write the probability map (NIfTI)")
+    p.add_argument("--mesh", default=None, help="also write the surface mesh (.obj or .ply, world mm)")
+    p.add_argument("--spacing", type=float, default=3.0, help="the model's voxel size in mm (as preprocessed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
     p = sub.add_parser("download", help="download the official SAM 3D Objects weights and configs")
     add_download_arguments(p)
     p.set_defaults(func=cmd_download)

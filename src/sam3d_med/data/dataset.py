@@ -116,6 +116,32 @@ def object_centric(pointmap: torch.Tensor, mask: torch.Tensor):
     return (pointmap - shift[:, None, None]) / scale, shift, scale
 
 
+def condition_inputs(image: torch.Tensor, mask: torch.Tensor, pointmap: torch.Tensor, affine: np.ndarray,
+                     shape_ijk: tuple[int, int, int], size: int, angle: float = 0.0, scale: float = 1.0,
+                     jitter: tuple[float, float] | None = None) -> dict:
+    """The model's inputs from one slice: ``image`` (3,H,W) in [0,1], ``mask`` (1,H,W) of the class,
+    ``pointmap`` (3,H,W) world mm, on a grid of ``shape_ijk`` with ``affine``; ``angle`` (radians),
+    ``scale`` and ``jitter`` (contrast, brightness) are the augmentation (none by default)."""
+    if jitter is not None:
+        image = (image * jitter[0] + jitter[1]).clamp(0, 1)
+    H, W = mask.shape[1:]
+    rows, cols = torch.nonzero(mask[0], as_tuple=True)
+    if rows.numel() == 0:
+        raise InputError("the conditioning mask is empty on this slice")
+    centre = ((rows.min() + rows.max()).item() / 2, (cols.min() + cols.max()).item() / 2)
+    side = BOX_FACTOR * (max(rows.max() - rows.min(), cols.max() - cols.min()).item() + 1)
+    crop = _views(image, mask, pointmap, _square_grid(centre, side, size, (H, W), angle, scale))
+    full = _views(image, mask, pointmap, _square_grid(((H - 1) / 2, (W - 1) / 2), max(H, W), size, (H, W), angle, scale))
+    # full-frame points in volume grid coordinates, [-1, 1] per axis
+    inv = torch.from_numpy(np.linalg.inv(affine)).float()
+    ijk = torch.einsum("ab,bhw->ahw", inv[:3, :3], full[2]) + inv[:3, 3, None, None]
+    grid_points = 2 * ijk / torch.tensor(shape_ijk, dtype=torch.float32)[:, None, None].sub(1) - 1
+    points, shift, point_scale = object_centric(crop[2], crop[1])
+    return {"image": crop[0], "mask": crop[1], "pointmap": points,
+            "pointmap_shift": shift, "pointmap_scale": point_scale,  # world mm = pointmap * scale + shift
+            "rgb_image": full[0], "rgb_image_mask": full[1], "rgb_pointmap": grid_points}
+
+
 class SliceClassDataset(Dataset):
     def __init__(self, cache_dir: str | Path, manifest: dict, case_ids: list[str], crop_size: tuple[int, int],
                  min_pixels: int = 10, augment: Augmentation | None = None, seed: int = 0):
@@ -164,30 +190,17 @@ class SliceClassDataset(Dataset):
         except (OSError, KeyError, ValueError) as exc:
             raise InputError(f"{path}: unreadable slice file ({type(exc).__name__})") from None
         mask = torch.from_numpy((label == cls).astype(np.float32))[None]
-        H, W = mask.shape[1:]
-        angle, scale = 0.0, 1.0
+        angle, scale, jitter = 0.0, 1.0, None
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             angle = math.radians(rng.uniform(-1, 1) * self.augment.max_rotation_deg)
             scale = rng.uniform(*self.augment.scale_range)
-            image = (image * rng.uniform(*self.augment.contrast_range)
-                     + rng.uniform(-1, 1) * self.augment.brightness).clamp(0, 1)
-        rows, cols = torch.nonzero(mask[0], as_tuple=True)
-        centre = ((rows.min() + rows.max()).item() / 2, (cols.min() + cols.max()).item() / 2)
-        side = BOX_FACTOR * (max(rows.max() - rows.min(), cols.max() - cols.min()).item() + 1)
-        crop = _views(image, mask, pointmap, _square_grid(centre, side, self.size, (H, W), angle, scale))
-        full = _views(image, mask, pointmap, _square_grid(((H - 1) / 2, (W - 1) / 2), max(H, W), self.size, (H, W), angle, scale))
-        # full-frame points in volume grid coordinates, [-1, 1] per axis
-        shape = np.asarray(self.cases[case_id]["shape_ijk"], dtype=np.float64)
-        inv = torch.from_numpy(np.linalg.inv(affine)).float()
-        ijk = torch.einsum("ab,bhw->ahw", inv[:3, :3], full[2]) + inv[:3, 3, None, None]
-        grid_points = 2 * ijk / torch.from_numpy(shape - 1).float()[:, None, None] - 1
+            jitter = (rng.uniform(*self.augment.contrast_range), rng.uniform(-1, 1) * self.augment.brightness)
+        shape = tuple(self.cases[case_id]["shape_ijk"])
+        sample = condition_inputs(image, mask, pointmap, affine, shape, self.size, angle, scale, jitter)
         sdf = torch.from_numpy(np.array(self._sdf(case_id)[cls - 1], dtype=np.float32))[None]
-        points, shift, scale = object_centric(crop[2], crop[1])
         return {
-            "image": crop[0], "mask": crop[1], "pointmap": points,
-            "pointmap_shift": shift, "pointmap_scale": scale,  # world mm = pointmap * scale + shift
-            "rgb_image": full[0], "rgb_image_mask": full[1], "rgb_pointmap": grid_points,
+            **sample,
             "occupancy": (sdf < 0).float(), "sdf": sdf,
             "axis": int(entry["axis"]), "slice_idx": int(entry["slice_idx"]), "class_id": cls,
             "case_index": self.case_index[case_id],
