@@ -9,9 +9,14 @@ import trimesh
 
 from sam3d_med.data.phantom import write_phantom_dataset
 from sam3d_med.eval.metrics import segmentation_metrics
-from sam3d_med.eval.predict import back_to_input_grid, canonical_resampled, world_centroid_mm
+from sam3d_med.data.geometry import voxel_to_world
+from sam3d_med.eval.predict import back_to_input_grid, canonical_resampled
 from sam3d_med.io.nifti import Volume, load_volume, save_volume
 from tests.eval.test_runner import trained  # noqa: F401  (module fixture: a quickly trained tiny model)
+
+
+def world_centroid_mm(mask, affine):
+    return voxel_to_world(np.argwhere(mask).mean(0), affine)
 
 
 def fine_oblique_case(root):

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sam3d_med.data.dataset import load_manifest
 from sam3d_med.data.preprocess import PreprocessOptions, run_preprocess
 from sam3d_med.data.phantom import write_phantom_dataset
 from sam3d_med.eval.runner import EvalOptions, TrainingPriors, choose_slices, evaluate
@@ -40,7 +41,7 @@ def test_slice_policies(cache_dir):
 
 
 def test_extrude_baseline_repeats_the_slice_over_the_typical_extent(cache_dir):
-    priors = TrainingPriors(cache_dir, ["s0001", "s0002"], [1, 2, 3, 4, 5])
+    priors = TrainingPriors(cache_dir, load_manifest(cache_dir), ["s0001", "s0002"], [1, 2, 3, 4, 5])
     occ = np.zeros((64, 64, 64), bool)
     occ[20:30, 10:20, 30:40] = True
     out = priors.extrude(occ, 2, axis=2, slice_idx=35)

@@ -10,7 +10,7 @@ import torch
 
 from sam3d_med.errors import ConfigError, InputError
 from sam3d_med.train.trainer import CHECKPOINT_FORMAT, read_training_checkpoint, train
-from tests.train.conftest import CONFIG_DIR, QUICK, make_config
+from tests.train.conftest import QUICK, make_config
 
 REPO = Path(__file__).resolve().parents[2]
 TUTORIAL_OVERRIDES = [

@@ -135,6 +135,3 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
                    volume_ml=float((prob >= 0.5).sum() * np.prod(voxel_spacing_mm(image.affine)) / 1000.0))
     return written
 
-
-def world_centroid_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    return voxel_to_world(np.argwhere(mask).mean(0), affine)

@@ -34,7 +34,7 @@ from ..data.dataset import SliceClassDataset, load_manifest, split_cases
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_json, atomic_write_text
 from ..train.losses import CONDITION_KEYS
-from ..train.trainer import load_model_from_checkpoint
+from ..train.trainer import load_model_from_checkpoint, sampler_settings
 from .metrics import DEFAULT_NSD_TOLERANCES_MM, segmentation_metrics, summarize
 
 METHODS = ("model", "mean_shape", "extrude")
@@ -76,8 +76,7 @@ def choose_slices(case: dict, axes, policy: str) -> list[tuple[dict, int]]:
 class TrainingPriors:
     """Mean occupancy per class and median extent per class and axis over the training cases."""
 
-    def __init__(self, cache_dir: Path, case_ids: list[str], classes: list[int]):
-        manifest = load_manifest(cache_dir)
+    def __init__(self, cache_dir: Path, manifest: dict, case_ids: list[str], classes: list[int]):
         cases = [c for c in manifest["cases"] if c["case_id"] in set(case_ids)]
         if not cases:
             raise InputError(f"{cache_dir}: none of the checkpoint's training cases are in this cache")
@@ -127,17 +126,7 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Pa
     model, payload = load_model_from_checkpoint(checkpoint, device)
     cfg = payload["config"]
     manifest = load_manifest(data_root)
-    trained_names = {str(k): v for k, v in load_manifest(cfg["data"]["slice_cache_dir"])["class_names"].items()} \
-        if Path(cfg["data"]["slice_cache_dir"]).is_dir() else None
-    names = manifest["class_names"]
-    if trained_names is not None and trained_names != names:
-        raise InputError(f"{data_root}: classes {names} differ from the checkpoint's training classes {trained_names}")
-    # sampler: the model's settings, then the checkpoint's validation settings, then the options
-    trained = cfg.get("validation", {})
-    steps = options.steps or trained.get("sampler_steps") or model.cfg.sampler.steps
-    guidance = options.guidance if options.guidance is not None else trained.get("cfg_strength")
-    sampler = dataclasses.replace(model.cfg.sampler, steps=int(steps),
-                                  cfg_strength=float(model.cfg.sampler.cfg_strength if guidance is None else guidance))
+    sampler = sampler_settings(model.cfg.sampler, cfg.get("validation", {}), options.steps, options.guidance)
     protocol = _protocol(options, sampler, checkpoint)
 
     train_cache = Path(options.train_cache or cfg["data"]["slice_cache_dir"])
@@ -145,10 +134,13 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Pa
         raise InputError(f"{train_cache}: the training cache is needed for the baselines (mean shape, extent); "
                          f"pass --train_cache")
     train_manifest = load_manifest(train_cache)
+    names = manifest["class_names"]
+    if train_manifest["class_names"] != names:
+        raise InputError(f"{data_root}: classes {names} differ from the training classes {train_manifest['class_names']}")
     train_ids, _ = split_cases([c["case_id"] for c in train_manifest["cases"]], float(cfg["data"]["val_fraction"]),
                                int(cfg["seed"]))
     classes = sorted(int(k) for k in names)
-    priors = TrainingPriors(train_cache, train_ids, classes)
+    priors = TrainingPriors(train_cache, train_manifest, train_ids, classes)
     log(f"baselines from {priors.n_cases} training cases in {train_cache}")
 
     cases = manifest["cases"][: options.max_cases] if options.max_cases else manifest["cases"]

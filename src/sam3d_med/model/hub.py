@@ -16,7 +16,6 @@ file), then hard-linked (copied where links fail) into ``out_dir``. The folder i
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import zipfile
@@ -173,7 +172,3 @@ def download_checkpoints(repo_id: str, out_dir: str | Path, *, revision: str = "
     })
     return placed
 
-
-def read_download_info(folder: str | Path) -> dict | None:
-    path = Path(folder) / INFO_FILE
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -17,7 +17,6 @@ from .flow_matching import sample_latents
 from .flow_transformer import POSE_MEMBERS, SHAPE, SparseStructureFlow
 from .vae import SparseStructureDecoder, SparseStructureEncoder, latent_cube_to_tokens, tokens_to_latent_cube
 
-COMPONENTS = ("condition_embedder", "generator", "decoder", "encoder")
 # Pose targets for volumes already in their canonical frame: identity rotation (first two columns of
 # I as the 6-D representation), no translation, unit scale.
 CANONICAL_POSE = {"6drotation_normalized": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), "translation": (0.0, 0.0, 0.0),

@@ -240,6 +240,16 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def sampler_settings(model_sampler, validation_cfg, steps: int | None = None, guidance: float | None = None):
+    """The model's sampler, overridden by a run's ``validation`` settings (sampler_steps, cfg_strength),
+    then by explicit ``steps``/``guidance``: what validation used is what evaluation uses by default."""
+    steps = steps or validation_cfg.get("sampler_steps") or model_sampler.steps
+    if guidance is None:
+        guidance = validation_cfg.get("cfg_strength")
+    return replace(model_sampler, steps=int(steps),
+                   cfg_strength=float(model_sampler.cfg_strength if guidance is None else guidance))
+
+
 @torch.no_grad()
 def validate(objective: TrainingObjective, loader: DataLoader, device: torch.device, cfg: DictConfig) -> dict:
     """Validation loss (fixed noise and times) and 3-D Dice of sampled reconstructions."""
@@ -248,11 +258,7 @@ def validate(objective: TrainingObjective, loader: DataLoader, device: torch.dev
     generator = torch.Generator(device=device).manual_seed(1234)
     losses, dices = [], []
     budget = int(cfg.validation.reconstructions)
-    sampler = model.cfg.sampler
-    overrides = {k: cfg.validation[k] for k in ("sampler_steps", "cfg_strength") if cfg.validation.get(k) is not None}
-    if overrides:
-        sampler = replace(sampler, steps=int(overrides.get("sampler_steps", sampler.steps)),
-                          cfg_strength=float(overrides.get("cfg_strength", sampler.cfg_strength)))
+    sampler = sampler_settings(model.cfg.sampler, cfg.validation)
     for index, batch in enumerate(loader):
         if cfg.validation.get("max_batches") and index >= int(cfg.validation.max_batches):
             break
