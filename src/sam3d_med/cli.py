@@ -127,38 +127,179 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train_cache", default=None, help="training cache for the baselines (default: the checkpoint's)")
     p.add_argument("--max_cases", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--save_viz", action="store_true", help="per-case overlay figures in visualizations/")
+    p.add_argument("--save_viz", action="store_true", help="per-case comparison figures and surfaces in visualizations/ (for the report)")
 
 
 def cmd_eval(args) -> int:
-    if args.save_viz:
-        raise NotImplementedError("--save_viz needs the drawing code of the visualization module (issue 7), "
-                                  "which is not built yet")
     from .eval.runner import EvalOptions, evaluate, summary_table
     from .train.trainer import resolve_device
 
     device = resolve_device(args.device)
     options = EvalOptions(policy=args.policy, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                          batch_size=args.batch_size, train_cache=args.train_cache, max_cases=args.max_cases)
+                          batch_size=args.batch_size, train_cache=args.train_cache, max_cases=args.max_cases,
+                          save_viz=args.save_viz)
     document = evaluate(args.checkpoint, args.data_root, args.output_dir, options, device=str(device))
     print(summary_table(document))
-    print(f"metrics: {args.output_dir}/metrics.json, {args.output_dir}/metrics.csv")
+    print(f"metrics: {args.output_dir}/metrics.json, {args.output_dir}/metrics.csv"
+          + (f"; figures and surfaces: {args.output_dir}/visualizations (report: sam3d-med report {args.output_dir})"
+             if args.save_viz else ""))
     return 0
 
 
-def cmd_predict(args) -> int:
-    from .eval.predict import predict_volume
-    from .train.trainer import load_model_from_checkpoint, resolve_device
+def add_inference_arguments(p: argparse.ArgumentParser, checkpoint_flags=("--checkpoint",)) -> None:
+    """What every command that samples reconstructions from a training checkpoint takes."""
+    p.add_argument(*checkpoint_flags, dest="checkpoint", required=True,
+                   help="training checkpoint (best.pt, last.pt, epoch_N.pt; holds the LoRA adapters)")
+    p.add_argument("--spacing", type=float, default=3.0, help="the model's voxel size in mm (as preprocessed)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance strength (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def load_for_inference(args) -> dict:
+    """Model, sampler (the checkpoint's validation settings unless overridden), crop size, device."""
+    from .train.trainer import load_model_from_checkpoint, resolve_device, sampler_settings
 
     device = resolve_device(args.device)
     model, payload = load_model_from_checkpoint(args.checkpoint, device)
     config = payload["config"]
+    return {"model": model, "sampler": sampler_settings(model.cfg.sampler, config.get("validation", {}), args.steps,
+                                                        args.guidance),
+            "crop_size": int(config["data"]["preprocess_crop_size"][0]), "seed": args.seed, "device": str(device)}
+
+
+def cmd_predict(args) -> int:
+    from .eval.predict import predict_volume
+
     written = predict_volume(
-        model, args.image, args.axis, args.slice_idx, args.out, mask_png=args.mask, label_path=args.label,
-        class_id=args.class_id, spacing_mm=args.spacing, crop_size=int(config["data"]["preprocess_crop_size"][0]),
-        seed=args.seed, probability_path=args.probabilities, mesh_path=args.mesh, device=str(device))
+        image_path=args.image, axis=args.axis, slice_idx=args.slice_idx, out_path=args.out, mask_png=args.mask,
+        label_path=args.label, class_id=args.class_id, spacing_mm=args.spacing, probability_path=args.probabilities,
+        mesh_path=args.mesh, **load_for_inference(args))
     print(f"prediction: {written['mask']} ({written['voxels']} voxels, {written['volume_ml']:.1f} ml, on the input's grid)"
           + "".join(f"; {k}: {written[k]}" for k in ("probability", "mesh") if k in written))
+    return 0
+
+
+def add_finetuned_arguments(p: argparse.ArgumentParser) -> None:
+    add_inference_arguments(p, ("--lora_checkpoint", "--checkpoint"))
+    p.add_argument("--image", required=True, help="the 2-D image (PNG)")
+    p.add_argument("--mask_dir", required=True, help="folder of mask PNGs (same size as the image)")
+    p.add_argument("--mask_index", type=int, default=0, help="which mask: position in the folder's sorted *.png files")
+    p.add_argument("--output_dir", default="results/visualizations")
+    p.add_argument("--pixel_spacing", type=float, default=None,
+                   help="mm per PNG pixel (a PNG has no geometry; default: the model's voxel size, --spacing)")
+    p.add_argument("--axis", type=int, default=2, help="the grid axis the image is a slice along (2 = axial)")
+    p.add_argument("--png_window", default="40,400", help="level,width in HU a grey PNG was windowed with")
+
+
+def add_comparison_arguments(p: argparse.ArgumentParser) -> None:
+    add_inference_arguments(p)
+    p.add_argument("--volume", required=True, help="the scan (NIfTI)")
+    p.add_argument("--slice_idx", type=int, required=True, help="index of the conditioning slice along --axis, as stored")
+    p.add_argument("--axis", type=int, default=2, help="array axis of the slice, as stored in the file")
+    p.add_argument("--label", default=None, help="ground-truth labels on the scan's grid: every structure on the slice is "
+                                                 "reconstructed and compared")
+    p.add_argument("--mask", default=None, help="without --label: PNG mask of one structure on the slice (with --class)")
+    p.add_argument("--class", dest="class_id", type=int, default=None, help="label value of the --mask structure")
+    p.add_argument("--output", default="results/comparison.png", help="the comparison grid (meshes go beside it)")
+    p.add_argument("--slices_per_axis", type=int, default=3, help="columns per axis in the grid")
+    p.add_argument("--class_names", default=None, help="comma-separated names of labels 1..N (default: the heart classes)")
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("eval_dir", help="evaluation folder (metrics.json; visualizations/ from --save_viz)")
+    p.add_argument("--out", default=None, help="HTML file (default: <eval_dir>/report.html)")
+    p.add_argument("--max_figures", type=int, default=20, help="per-case figures embedded (worst model Dice first)")
+    p.add_argument("--max_3d_cases", type=int, default=3, help="cases in the interactive 3-D view")
+
+
+def _class_names(text: str | None) -> dict[int, str]:
+    from .data.classes import DEFAULT_CLASS_NAMES
+
+    if not text:
+        return dict(DEFAULT_CLASS_NAMES)
+    return {i + 1: name.strip() for i, name in enumerate(text.split(","))}
+
+
+def _mask_file(mask_dir: str, index: int) -> Path:
+    folder = Path(mask_dir)
+    if not folder.is_dir():
+        raise Sam3dMedError(f"{folder}: mask folder does not exist")
+    masks = sorted(folder.glob("*.png"))
+    if not masks:
+        raise Sam3dMedError(f"{folder}: no .png masks in the folder")
+    if not 0 <= index < len(masks):
+        raise Sam3dMedError(f"--mask_index {index}: the folder holds {len(masks)} masks (0..{len(masks) - 1})")
+    return masks[index]
+
+
+def _window(text: str) -> tuple[float, float]:
+    try:
+        level, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise Sam3dMedError(f"--png_window must be level,width in HU (got {text!r})") from None
+    if width <= 0:
+        raise Sam3dMedError("--png_window width must be positive")
+    return level, width
+
+
+def cmd_visualize_finetuned(args) -> int:
+    from .viz.finetuned import reconstruct_from_png
+
+    mask = _mask_file(args.mask_dir, args.mask_index)
+    window = _window(args.png_window)
+    summary = reconstruct_from_png(image_png=args.image, mask_png=mask, out_dir=args.output_dir,
+                                   pixel_spacing_mm=args.pixel_spacing, spacing_mm=args.spacing, axis=args.axis,
+                                   png_window=window, **load_for_inference(args))
+    print(summary["assumption"])
+    print(f"mask {mask.name}: {summary['predicted_voxels']} voxels ({summary['predicted_volume_ml']:.1f} ml) predicted")
+    for kind, path in summary["files"].items():
+        print(f"  {kind:8s} {path}")
+    return 0
+
+
+def cmd_visualize_comparison(args) -> int:
+    from .viz.comparison import compare_on_volume
+
+    inference = load_for_inference(args)
+    written = compare_on_volume(image_path=args.volume, axis=args.axis, slice_idx=args.slice_idx,
+                                output_png=args.output, class_names=_class_names(args.class_names),
+                                label_path=args.label, mask_png=args.mask, class_id=args.class_id,
+                                spacing_mm=args.spacing, per_axis=args.slices_per_axis, **inference)
+    print(f"comparison grid: {written['figure']}")
+    for c, paths in written["meshes"].items():
+        score = f" (Dice {written['scores'][c]['dice']:.3f})" if c in written["scores"] else ""
+        print(f"  class {c}{score}: " + ", ".join(f"{k} {v}" for k, v in paths.items() if v))
+    return 0
+
+
+def _add_visualize(sub) -> None:
+    p = sub.add_parser("visualize", help="figures and meshes of reconstructions (tutorial step 5)")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    q = kinds.add_parser("finetuned", help="PNG image + mask PNG -> .obj, overlay and mesh renders")
+    add_finetuned_arguments(q)
+    q.set_defaults(func=cmd_visualize_finetuned)
+    q = kinds.add_parser("comparison", help="NIfTI scan (+ labels) -> comparison grid PNG and meshes")
+    add_comparison_arguments(q)
+    q.set_defaults(func=cmd_visualize_comparison)
+
+
+def cmd_report(args) -> int:
+    from .viz.report import write_report
+
+    path = write_report(args.eval_dir, args.out, max_figures=args.max_figures, max_3d_cases=args.max_3d_cases)
+    print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, works offline)")
+    return 0
+
+
+def cmd_export_slice(args) -> int:
+    from .viz.finetuned import export_slice_png
+
+    written = export_slice_png(args.image, args.label, args.axis, args.slice_idx, args.out,
+                               _class_names(args.class_names), spacing_mm=args.spacing)
+    print(f"image: {written['image']}; masks ({len(written['masks'])}, --mask_index in this order): "
+          + ", ".join(p.name for p in written["masks"]))
     return 0
 
 
@@ -177,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("predict", help="one slice + mask of a NIfTI scan -> 3-D prediction as NIfTI on the scan's grid")
-    p.add_argument("--checkpoint", required=True)
+    add_inference_arguments(p)
     p.add_argument("--image", required=True, help="the scan (NIfTI)")
     p.add_argument("--axis", type=int, required=True, help="array axis of the slice, as stored in the file")
     p.add_argument("--slice_idx", type=int, required=True, help="index of the slice along --axis, as stored")
@@ -187,10 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="predicted mask, NIfTI with the scan's affine")
     p.add_argument("--probabilities", default=None, help="also write the probability map (NIfTI)")
     p.add_argument("--mesh", default=None, help="also write the surface mesh (.obj or .ply, world mm)")
-    p.add_argument("--spacing", type=float, default=3.0, help="the model's voxel size in mm (as preprocessed)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
+    _add_visualize(sub)
+    p = sub.add_parser("report", help="one offline HTML report of an evaluation folder")
+    add_report_arguments(p)
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("export-slice", help="a slice of a NIfTI scan as image.png + masks/*.png (visualize finetuned's inputs)")
+    p.add_argument("--image", required=True, help="the scan (NIfTI)")
+    p.add_argument("--label", required=True, help="its label volume (NIfTI, same grid)")
+    p.add_argument("--axis", type=int, default=2, help="axis of the model's grid (RAS+ canonical; 2 = axial)")
+    p.add_argument("--slice_idx", type=int, required=True, help="slice index on the model's grid")
+    p.add_argument("--spacing", type=float, default=3.0, help="the model's voxel size in mm")
+    p.add_argument("--class_names", default=None, help="comma-separated names of labels 1..N (default: the heart classes)")
+    p.add_argument("--out", required=True, help="folder for image.png and masks/")
+    p.set_defaults(func=cmd_export_slice)
     p = sub.add_parser("download", help="download the official SAM 3D Objects weights and configs")
     add_download_arguments(p)
     p.set_defaults(func=cmd_download)

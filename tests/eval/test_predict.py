@@ -12,7 +12,6 @@ from sam3d_med.eval.metrics import segmentation_metrics
 from sam3d_med.data.geometry import voxel_to_world
 from sam3d_med.eval.predict import back_to_input_grid, canonical_resampled
 from sam3d_med.io.nifti import Volume, load_volume, save_volume
-from tests.eval.test_runner import trained  # noqa: F401  (module fixture: a quickly trained tiny model)
 
 
 def world_centroid_mm(mask, affine):
@@ -46,7 +45,7 @@ def test_back_to_the_input_grid_lands_on_the_same_world_coordinates(tmp_path):
 
 
 @pytest.mark.e2e
-def test_predict_command_writes_nifti_on_the_scan_grid(trained, tmp_path):  # noqa: F811
+def test_predict_command_writes_nifti_on_the_scan_grid(trained, tmp_path):
     files = fine_oblique_case(tmp_path)
     image = nib.load(files["image"])
     label = np.asarray(nib.load(files["label"]).dataobj)

@@ -205,3 +205,33 @@ class SliceClassDataset(Dataset):
             "axis": int(entry["axis"]), "slice_idx": int(entry["slice_idx"]), "class_id": cls,
             "case_index": self.case_index[case_id],
         }
+
+
+def cached_case_volumes(cache_dir: str | Path, case: dict, channel: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image [i, j, k], labels [i, j, k], affine) of one cached case on its canonical grid.
+
+    The cache keeps the image only as slices (those with foreground, along the cached axes), so the
+    volume is put together from them: CT window ``channel`` in [0, 1], NaN where no cached slice
+    passes through a voxel (far from every structure). Labels come from the signed distances
+    (negative inside), which hold every class on the whole grid."""
+    cache_dir = Path(cache_dir)
+    shape = tuple(case["shape_ijk"])
+    image = np.full(shape, np.nan, dtype=np.float32)
+    for entry in case["slices"]:
+        path = cache_dir / entry["file"]
+        try:
+            with np.load(path) as npz:
+                plane = npz["image"][channel]
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputError(f"{path}: unreadable slice file ({type(exc).__name__})") from None
+        index = [slice(None)] * 3
+        index[entry["axis"]] = entry["slice_idx"]
+        image[tuple(index)] = plane
+    sdf_path = cache_dir / case["sdf_path"]
+    if not sdf_path.is_file():
+        raise InputError(f"{sdf_path}: signed distance file missing from the cache")
+    sdf = np.load(sdf_path, mmap_mode="r")
+    labels = np.zeros(shape, dtype=np.uint8)
+    for c in range(sdf.shape[0], 0, -1):
+        labels[np.asarray(sdf[c - 1]) < 0] = c
+    return image, labels, np.asarray(case["affine"], dtype=np.float64)

@@ -17,12 +17,13 @@ Geometry, step by step:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
-from scipy import ndimage
+from scipy import ndimage, special
 
 from ..data.dataset import condition_inputs
 from ..data.geometry import resample_isotropic, take_slice, voxel_to_world, world_grid, world_to_voxel
@@ -33,7 +34,8 @@ from ..io.atomic import atomic_path
 from ..io.nifti import Volume, load_volume, save_volume, voxel_spacing_mm
 
 
-def _mask_from_png(path: Path, shape_hw: tuple[int, int]) -> np.ndarray:
+def read_mask_png(path: Path, shape_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """A mask PNG -> bool [rows, columns]: pixels above half the image's maximum (any channel)."""
     import matplotlib.image as mpimg
 
     try:
@@ -42,7 +44,7 @@ def _mask_from_png(path: Path, shape_hw: tuple[int, int]) -> np.ndarray:
         raise InputError(f"{path}: cannot read mask image ({type(exc).__name__})") from None
     if pixels.ndim == 3:
         pixels = pixels[..., :3].max(axis=-1)
-    if pixels.shape != shape_hw:
+    if shape_hw is not None and pixels.shape != shape_hw:
         raise InputError(f"{path}: mask is {pixels.shape[0]}x{pixels.shape[1]} pixels, the slice is "
                          f"{shape_hw[0]}x{shape_hw[1]} (rows x columns of the stored slice)")
     return pixels > 0.5 * pixels.max() if pixels.max() > 0 else pixels > 0
@@ -62,76 +64,140 @@ def back_to_input_grid(prob_canonical: np.ndarray, canonical_affine: np.ndarray,
     return ndimage.map_coordinates(prob_canonical, np.moveaxis(coords, -1, 0), order=1, mode="constant", cval=0.0)
 
 
+@dataclass
+class CanonicalSlice:
+    """A stored slice of a scan, seen on the model's grid (RAS+ canonical, isotropic).
+
+    ``image`` is the canonical resampled scan (HU, [i, j, k]); ``axis``/``index`` the canonical slice
+    through the stored slice's centre; ``stored_in_plane`` (2, H, W) the stored slice's in-plane
+    voxel coordinates (first, second remaining stored axis) of every canonical pixel of that slice.
+    """
+
+    image: Volume
+    axis: int
+    index: int
+    stored_in_plane: np.ndarray
+
+    def mask_from_stored(self, mask_plane: np.ndarray) -> np.ndarray:
+        """A stored-slice mask [h, w] sampled at every canonical pixel (nearest pixel) -> bool [H, W]."""
+        sampled = ndimage.map_coordinates(np.asarray(mask_plane, dtype=np.float32), self.stored_in_plane, order=0,
+                                          mode="constant", cval=0.0)
+        return sampled > 0.5
+
+    def model_inputs(self, mask_canonical: np.ndarray, crop_size: int) -> dict:
+        """``condition_inputs`` of this slice with a canonical-grid mask [H, W] (as in training)."""
+        image3 = take_slice(window_ct(self.image.data), self.axis, self.index, leading=1)
+        return slice_model_inputs(image3, mask_canonical, self.image.affine, self.image.data.shape, self.axis,
+                                  self.index, crop_size)
+
+
+def slice_model_inputs(image3_plane: np.ndarray, mask_plane: np.ndarray, affine: np.ndarray, shape_ijk, axis: int,
+                       index: int, crop_size: int) -> dict:
+    """``condition_inputs`` of slice ``index`` along ``axis`` of a grid (``shape_ijk``, ``affine``):
+    ``image3_plane`` (3, H, W) CT windows in [0, 1], ``mask_plane`` [H, W]; the pointmap is the world
+    position (mm) of every pixel's voxel centre, as in the cache."""
+    points = take_slice(world_grid(shape_ijk, affine), axis, index, leading=1)
+    return condition_inputs(torch.from_numpy(np.ascontiguousarray(image3_plane, dtype=np.float32)),
+                            torch.from_numpy(np.asarray(mask_plane, dtype=np.float32))[None],
+                            torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)), affine, tuple(shape_ijk),
+                            crop_size)
+
+
+def canonical_slice(image: Volume, axis: int, slice_idx: int, spacing_mm: float, resolution: int,
+                    source: str | Path = "the image") -> CanonicalSlice:
+    """The stored slice ``slice_idx`` along stored ``axis`` on the model's grid (see module doc)."""
+    if axis not in (0, 1, 2):
+        raise InputError(f"--axis must be 0, 1 or 2 (got {axis})")
+    if not 0 <= slice_idx < image.data.shape[axis]:
+        raise InputError(f"--slice_idx {slice_idx} is outside the image's {image.data.shape[axis]} slices along axis {axis}")
+    canon_image = canonical_resampled(image, spacing_mm, order=1)
+    shape = canon_image.data.shape
+    if shape != (resolution,) * 3:
+        raise InputError(f"{source}: at {spacing_mm} mm the volume is {shape}; the model predicts a "
+                         f"{resolution}^3 grid: crop the scan around the heart to {resolution}^3 voxels of {spacing_mm} mm "
+                         f"(as the training data)")
+    # The stored array axis becomes canonical axis ornt[axis, 0]; the canonical slice is the one through
+    # the stored slice's centre.
+    canon_axis = int(nib.io_orientation(image.affine)[axis, 0])
+    centre = np.array([(n - 1) / 2 for n in image.data.shape], dtype=np.float64)
+    centre[axis] = slice_idx
+    index = int(np.clip(np.rint(world_to_voxel(voxel_to_world(centre, image.affine), canon_image.affine)[canon_axis]),
+                        0, shape[canon_axis] - 1))
+    points_world = take_slice(world_grid(shape, canon_image.affine), canon_axis, index, leading=1)
+    stored = world_to_voxel(np.moveaxis(points_world, 0, -1), image.affine)  # (H, W, 3) stored voxel coords
+    return CanonicalSlice(canon_image, canon_axis, index, np.moveaxis(np.delete(stored, axis, axis=-1), -1, 0))
+
+
+def reconstruct_logits(model, inputs: list[dict], *, seed: int = 0, sampler=None, device: str = "cpu",
+                       batch_size: int = 8) -> np.ndarray:
+    """Occupancy logits (N, I, J, K) on the model's grid for N ``condition_inputs``, in batches."""
+    keys = ("image", "rgb_image", "mask", "rgb_image_mask", "pointmap", "rgb_pointmap")
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start:start + batch_size]
+        batch = {k: torch.stack([item[k] for item in chunk]).to(device) for k in keys}
+        with torch.no_grad():
+            out.append(model.reconstruct(batch, seed=seed, sampler=sampler)[:, 0].float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def surface_of_logits(logits_ijk: np.ndarray, affine: np.ndarray):
+    """Surface (world mm) of the logit-0 level (p = 0.5) of an [i, j, k] logit volume; None if empty."""
+    return mask_surface_mesh((-np.asarray(logits_ijk)).astype(np.float32), affine)
+
+
+def write_mesh(mesh, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        mesh.export(str(tmp), file_type=Path(path).suffix.lstrip(".") or "obj")
+
+
 def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out_path: str | Path, *,
                    mask_png: str | Path | None = None, label_path: str | Path | None = None, class_id: int | None = None,
                    spacing_mm: float = 3.0, crop_size: int = 256, sampler=None, seed: int = 0,
                    probability_path: str | Path | None = None, mesh_path: str | Path | None = None,
                    device: str = "cpu") -> dict:
     """Write the predicted mask (uint8 NIfTI on the input's grid); optionally probabilities and a mesh."""
-    if axis not in (0, 1, 2):
-        raise InputError(f"--axis must be 0, 1 or 2 (got {axis})")
     image = load_volume(image_path, "image", canonical=False)
-    if not 0 <= slice_idx < image.data.shape[axis]:
-        raise InputError(f"--slice_idx {slice_idx} is outside the image's {image.data.shape[axis]} slices along axis {axis}")
+    view = canonical_slice(image, axis, slice_idx, spacing_mm, model.cfg.occupancy_resolution, image_path)
     plane_shape = tuple(n for a, n in enumerate(image.data.shape) if a != axis)
     if label_path is not None:
         if class_id is None:
             raise InputError("--label needs --class (the label value to reconstruct)")
-        label = load_volume(label_path, "label", canonical=False)
-        if label.data.shape != image.data.shape or not np.allclose(label.affine, image.affine, atol=1e-3):
-            raise InputError(f"{label_path}: label grid does not match the image grid")
+        label = load_matching_label(label_path, image)
         mask_plane = take_slice(label.data, axis, slice_idx) == class_id
     elif mask_png is not None:
-        mask_plane = _mask_from_png(Path(mask_png), plane_shape)
+        mask_plane = read_mask_png(Path(mask_png), plane_shape)
     else:
         raise InputError("give the structure's mask: --mask slice-mask.png, or --label case-label.nii.gz --class N")
     if not mask_plane.any():
         raise InputError(f"the mask is empty on slice {slice_idx} along axis {axis}")
-
-    canon_image = canonical_resampled(image, spacing_mm, order=1)
-    shape = canon_image.data.shape
-    expected = model.cfg.occupancy_resolution
-    if shape != (expected,) * 3:
-        raise InputError(f"{image_path}: at {spacing_mm} mm the volume is {shape}; the model predicts a "
-                         f"{expected}^3 grid: crop the scan around the heart to {expected}^3 voxels of {spacing_mm} mm "
-                         f"(as the training data)")
-    # The stored array axis becomes canonical axis ornt[axis, 0]; the canonical slice is the one through
-    # the stored slice's centre, and its mask samples the stored mask plane (nearest pixel in-plane).
-    canon_axis = int(nib.io_orientation(image.affine)[axis, 0])
-    centre = np.array([(n - 1) / 2 for n in image.data.shape], dtype=np.float64)
-    centre[axis] = slice_idx
-    canon_slice = int(np.clip(np.rint(world_to_voxel(voxel_to_world(centre, image.affine), canon_image.affine)[canon_axis]),
-                              0, shape[canon_axis] - 1))
-    points_world = take_slice(world_grid(shape, canon_image.affine), canon_axis, canon_slice, leading=1)
-    stored = world_to_voxel(np.moveaxis(points_world, 0, -1), image.affine)  # (H, W, 3) stored voxel coords
-    in_plane = np.moveaxis(np.delete(stored, axis, axis=-1), -1, 0)
-    mask_canon = ndimage.map_coordinates(mask_plane.astype(np.float32), in_plane, order=0, mode="constant", cval=0.0)
+    mask_canon = view.mask_from_stored(mask_plane)
     if not mask_canon.any():
         raise InputError("the mask does not reach any pixel of the model's grid (too small for its spacing)")
-    image3 = torch.from_numpy(take_slice(window_ct(canon_image.data), canon_axis, canon_slice, leading=1).copy())
-    mask2d = torch.from_numpy((mask_canon > 0.5).astype(np.float32))[None]
-    points = torch.from_numpy(np.ascontiguousarray(points_world, dtype=np.float32))
-    inputs = condition_inputs(image3, mask2d, points, canon_image.affine, shape, crop_size)
-    batch = {k: v[None].to(device) for k, v in inputs.items() if k in
-             ("image", "rgb_image", "mask", "rgb_image_mask", "pointmap", "rgb_pointmap")}
-    with torch.no_grad():
-        logits = model.reconstruct(batch, seed=seed, sampler=sampler)
-    prob_canonical = torch.sigmoid(logits[0, 0].float()).cpu().numpy()
+    logits = reconstruct_logits(model, [view.model_inputs(mask_canon, crop_size)], seed=seed, sampler=sampler,
+                                device=device)[0]
+    prob_canonical = special.expit(logits.astype(np.float64))
 
-    prob = back_to_input_grid(prob_canonical, canon_image.affine, image.data.shape, image.affine)
+    prob = back_to_input_grid(prob_canonical, view.image.affine, image.data.shape, image.affine)
     save_volume(out_path, (prob >= 0.5).astype(np.uint8), image.affine, dtype=np.uint8)
     written = {"mask": str(out_path)}
     if probability_path:
         save_volume(probability_path, prob.astype(np.float32), image.affine, dtype=np.float32)
         written["probability"] = str(probability_path)
     if mesh_path:
-        mesh = mask_surface_mesh((0.5 - prob_canonical).astype(np.float32), canon_image.affine)
+        mesh = surface_of_logits(logits, view.image.affine)
         if mesh is None:
             raise InputError("the prediction is empty: no surface to write")
-        with atomic_path(mesh_path) as tmp:
-            mesh.export(str(tmp), file_type=Path(mesh_path).suffix.lstrip(".") or "obj")
+        write_mesh(mesh, mesh_path)
         written["mesh"] = str(mesh_path)
-    written.update(voxels=int((prob >= 0.5).sum()), canonical_slice=(canon_axis, canon_slice),
+    written.update(voxels=int((prob >= 0.5).sum()), canonical_slice=(view.axis, view.index),
                    volume_ml=float((prob >= 0.5).sum() * np.prod(voxel_spacing_mm(image.affine)) / 1000.0))
     return written
 
+
+def load_matching_label(label_path: str | Path, image: Volume) -> Volume:
+    """A label volume that must lie on the image's stored grid (same shape and affine)."""
+    label = load_volume(label_path, "label", canonical=False)
+    if label.data.shape != image.data.shape or not np.allclose(label.affine, image.affine, atol=1e-3):
+        raise InputError(f"{label_path}: label grid does not match the image grid")
+    return label

@@ -13,6 +13,9 @@ command line. Two baselines are scored on the same samples:
   (in voxels) along that axis in the training cases, centred on the input slice.
 Results per case go to ``cases/<id>.json`` as soon as the case is scored, so a re-run skips cases
 already scored with the same protocol; ``metrics.json`` and ``metrics.csv`` are written at the end.
+With ``save_viz``, each case also gets ``visualizations/<id>.png`` (input, truth, prediction and
+error over slices along every axis; each class as reconstructed from its axial slice) and its
+predicted and true surfaces in ``visualizations/meshes/`` (world mm), which the HTML report shows.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import importlib.metadata
 import io
 import json
 import sys
@@ -30,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from ..data.dataset import SliceClassDataset, load_manifest, split_cases
+from ..data.dataset import SliceClassDataset, cached_case_volumes, load_manifest, split_cases
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_json, atomic_write_text
 from ..train.losses import CONDITION_KEYS
@@ -39,6 +43,7 @@ from .metrics import DEFAULT_NSD_TOLERANCES_MM, segmentation_metrics, summarize
 
 METHODS = ("model", "mean_shape", "extrude")
 POLICIES = ("max_area", "center")
+VIZ_DIR = "visualizations"
 
 
 @dataclasses.dataclass
@@ -51,6 +56,7 @@ class EvalOptions:
     nsd_tolerances_mm: tuple[float, ...] = DEFAULT_NSD_TOLERANCES_MM
     train_cache: str | None = None  # default: the training cache named in the checkpoint
     max_cases: int | None = None
+    save_viz: bool = False  # per-case comparison grid + surfaces in visualizations/ (the report shows them)
 
 
 def choose_slices(case: dict, axes, policy: str) -> list[tuple[dict, int]]:
@@ -150,9 +156,12 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Pa
     cases_dir.mkdir(parents=True, exist_ok=True)
     records = []
     todo = []
+    viz_dir = output_dir / VIZ_DIR
+    viz_axis = 2 if 2 in axes else axes[-1]  # figures show the reconstructions from axial slices when cached
     for case in cases:
         done_path = cases_dir / f"{case['case_id']}.json"
-        if done_path.is_file():
+        figure_missing = options.save_viz and not (viz_dir / f"{case['case_id']}.png").is_file()
+        if done_path.is_file() and not figure_missing:
             done = json.loads(done_path.read_text())
             if done.get("protocol_id") == protocol["id"]:
                 records += done["records"]
@@ -166,6 +175,7 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Pa
         loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False)
         spacing = case["spacing_mm"]
         case_records = []
+        viz_logits, viz_slices = {}, {}
         position = 0
         for batch in loader:
             inputs = {k: batch[k].to(device) for k in CONDITION_KEYS}
@@ -175,6 +185,9 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Pa
                 _, entry, cls = dataset.samples[position]
                 position += 1
                 truth = batch["occupancy"][b, 0].numpy() > 0.5
+                if options.save_viz and entry["axis"] == viz_axis:
+                    viz_logits[cls] = logits[b, 0].float().cpu().numpy()
+                    viz_slices[cls] = entry["slice_idx"]
                 predictions = {"model": logits[b, 0].float().cpu().numpy() > 0,
                                "mean_shape": priors.mean_occupancy[cls],
                                "extrude": priors.extrude(truth, cls, entry["axis"], entry["slice_idx"])}
@@ -182,9 +195,37 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Pa
                     case_records.append({"case_id": case["case_id"], "class_id": cls, "class_name": names[str(cls)],
                                          "axis": entry["axis"], "slice_idx": entry["slice_idx"], "method": method,
                                          **segmentation_metrics(pred, truth, spacing, options.nsd_tolerances_mm)})
+        if options.save_viz:
+            _case_visuals(data_root, case, viz_dir, viz_axis, viz_logits, viz_slices, names, case_records)
         atomic_write_json(cases_dir / f"{case['case_id']}.json", {"protocol_id": protocol["id"], "records": case_records})
         records += case_records
     return write_reports(records, output_dir, protocol, names, options)
+
+
+def _case_visuals(data_root: Path, case: dict, viz_dir: Path, axis: int, logits: dict, slices: dict, names: dict,
+                  records: list[dict]) -> None:
+    """The case's comparison grid (``<case>.png``) and surfaces (``meshes/<case>_class<c>_{pred,true}.obj``):
+    each class as reconstructed from its chosen slice along ``axis``."""
+    from ..viz.comparison import write_case_visuals
+    from ..viz.slices import view_name
+
+    if not logits:
+        return
+    image, labels, affine = cached_case_volumes(data_root, case)
+    labels = np.where(np.isin(labels, list(logits)), labels, 0).astype(np.uint8)  # only what was reconstructed
+    dice = {r["class_id"]: r["dice"] for r in records if r["method"] == "model" and r["axis"] == axis}
+    class_names = {c: names[str(c)] for c in logits}
+    title = (f"{case['case_id']}: each class reconstructed from its {view_name(affine, axis)} slice "
+             f"({'ijk'[axis]}): " + ", ".join(f"{class_names[c]} {slices[c]} (Dice {dice[c]:.2f})" for c in sorted(logits)))
+    write_case_visuals(viz_dir / f"{case['case_id']}.png", viz_dir / "meshes", case["case_id"], image, affine, logits,
+                       class_names, true_labels_ijk=labels, title=title)
+
+
+def _installed(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def json_safe(obj):
@@ -209,9 +250,8 @@ def write_reports(records: list[dict], output_dir: Path, protocol: dict, names: 
         per_class = {names[str(c)]: {m: summarize([r[m] for r in rows if r["class_id"] == c]) for m in metric_names}
                      for c in sorted({r["class_id"] for r in rows})}
         summary[method] = {"overall": {m: summarize([r[m] for r in rows]) for m in metric_names}, "per_class": per_class}
-    import monai
     document = {"protocol": protocol, "versions": {"sam3d_med": __version__, "torch": torch.__version__,
-                                                   "monai": monai.__version__},
+                                                   "monai (reference for the metrics' tests)": _installed("monai")},
                 "empty_mask_convention": "both empty: NaN; one empty: dice/nsd 0, hd95/chamfer inf; summaries over finite values",
                 "summary": summary, "records": records}
     atomic_write_json(output_dir / "metrics.json", json_safe(document))

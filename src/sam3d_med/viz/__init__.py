@@ -1,0 +1,1 @@
+"""Figures: label overlays, slice comparison grids, mesh renders, the HTML report (headless, CPU)."""

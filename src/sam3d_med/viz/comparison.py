@@ -1,0 +1,109 @@
+"""Prediction vs ground truth for one case: the comparison grid (PNG) and the surfaces (.obj).
+
+Used by ``visualize_comparison.py`` (a NIfTI scan), ``eval_medical.py --save_viz`` (a cached test
+case) and, through the files it writes, the HTML report. Everything is on the model's grid (RAS+
+canonical, isotropic): ``image_ijk`` display values in [0, 1] (NaN = no data), label arrays [i, j, k]
+with label values, logits [i, j, k] per class, meshes in world mm.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data.preprocess import window_ct
+from ..data.surfaces import mask_surface_mesh, signed_distance_mm
+from ..errors import InputError
+from ..eval.metrics import segmentation_metrics
+from ..eval.predict import (canonical_resampled, canonical_slice, load_matching_label, read_mask_png,
+                            reconstruct_logits, surface_of_logits, write_mesh)
+from ..data.geometry import take_slice
+from ..io.nifti import load_volume, voxel_spacing_mm
+from .slices import comparison_figure, labels_from_logits, save_figure
+
+
+def mesh_path(mesh_dir: Path, stem: str, class_id: int, kind: str) -> Path:
+    """``<stem>_class<c>_<kind>.obj`` with kind "pred" or "true" (the report finds them by this name)."""
+    return Path(mesh_dir) / f"{stem}_class{class_id}_{kind}.obj"
+
+
+def write_case_visuals(png_path: str | Path, mesh_dir: str | Path, stem: str, image_ijk: np.ndarray,
+                       affine: np.ndarray, logits_by_class: dict[int, np.ndarray], class_names: dict[int, str], *,
+                       true_labels_ijk: np.ndarray | None = None, input_slice: tuple[int, int] | None = None,
+                       title: str = "", per_axis: int = 3) -> dict:
+    """The comparison grid as PNG and, per class, the predicted (and true) surface as .obj in world mm.
+    Returns {"figure": path, "meshes": {class: {"pred": path|None, "true": path|None}}}."""
+    pred_labels = labels_from_logits(logits_by_class)
+    fig = comparison_figure(image_ijk, affine, pred_labels, class_names, true_labels_ijk=true_labels_ijk,
+                            input_slice=input_slice, per_axis=per_axis, title=title)
+    written = {"figure": str(save_figure(fig, png_path)), "meshes": {}}
+    spacing = voxel_spacing_mm(affine)
+    for c, logits in sorted(logits_by_class.items()):
+        surfaces = {"pred": surface_of_logits(logits, affine)}
+        if true_labels_ijk is not None:
+            surfaces["true"] = mask_surface_mesh(signed_distance_mm(true_labels_ijk == c, spacing), affine)
+        written["meshes"][c] = {}
+        for kind, mesh in surfaces.items():
+            path = None
+            if mesh is not None:  # an empty prediction has no surface: recorded as None, not a file
+                path = mesh_path(Path(mesh_dir), stem, c, kind)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_mesh(mesh, path)
+            written["meshes"][c][kind] = None if path is None else str(path)
+    return written
+
+
+def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, output_png: str | Path, *,
+                      class_names: dict[int, str], label_path: str | Path | None = None,
+                      mask_png: str | Path | None = None, class_id: int | None = None, spacing_mm: float = 3.0,
+                      crop_size: int = 256, sampler=None, seed: int = 0, device: str = "cpu", batch_size: int = 8,
+                      per_axis: int = 3) -> dict:
+    """Reconstruct every structure on a stored slice of a NIfTI scan and draw the comparison grid.
+
+    With ``label_path`` (ground truth on the scan's grid) every class present on the slice is
+    reconstructed from its mask there, and the figure has truth and error rows; without it, one
+    structure from ``mask_png`` (the stored slice's rows x columns) labelled ``class_id``. The
+    meshes go next to ``output_png`` (``<stem>_class<c>_pred.obj`` / ``_true.obj``)."""
+    image = load_volume(image_path, "image", canonical=False)
+    view = canonical_slice(image, axis, slice_idx, spacing_mm, model.cfg.occupancy_resolution, image_path)
+    plane_shape = tuple(n for a, n in enumerate(image.data.shape) if a != axis)
+    true_labels = None
+    if label_path is not None:
+        label = load_matching_label(label_path, image)
+        true_labels = np.rint(canonical_resampled(label, spacing_mm, order=0).data).astype(np.uint8)
+        stored_plane = take_slice(label.data, axis, slice_idx)
+        masks = {int(c): stored_plane == c for c in np.unique(stored_plane) if c != 0 and int(c) in class_names}
+        if not masks:
+            raise InputError(f"{label_path}: no labelled structure ({sorted(class_names)}) on slice {slice_idx} along axis {axis}")
+    elif mask_png is not None:
+        if class_id is None:
+            raise InputError("--mask needs --class (the label value of the structure, for its colour and name)")
+        masks = {int(class_id): read_mask_png(Path(mask_png), plane_shape)}
+    else:
+        raise InputError("give the structures' masks: --label case-label.nii.gz, or --mask slice-mask.png --class N")
+    canonical_masks = {c: view.mask_from_stored(m) for c, m in masks.items()}
+    canonical_masks = {c: m for c, m in canonical_masks.items() if m.any()}
+    if not canonical_masks:
+        raise InputError("the masks do not reach any pixel of the model's grid (too small for its spacing)")
+    classes = sorted(canonical_masks)
+    logits = reconstruct_logits(model, [view.model_inputs(canonical_masks[c], crop_size) for c in classes],
+                                seed=seed, sampler=sampler, device=device, batch_size=batch_size)
+    logits_by_class = dict(zip(classes, logits))
+    scores = {}
+    if true_labels is not None:
+        # Only the reconstructed structures are compared (the others were never asked for).
+        true_labels = np.where(np.isin(true_labels, classes), true_labels, 0).astype(np.uint8)
+        spacing = voxel_spacing_mm(view.image.affine)
+        scores = {c: segmentation_metrics(logits_by_class[c] > 0, true_labels == c, spacing) for c in classes}
+    names = {c: class_names.get(c, f"class {c}") for c in classes}
+    title = (f"{Path(image_path).name}: conditioned on stored slice {slice_idx} along axis {axis} "
+             f"(= {'ijk'[view.axis]}={view.index} of the model's RAS+ grid)")
+    if scores:
+        title += "\nDice " + ", ".join(f"{names[c]} {scores[c]['dice']:.2f}" for c in classes)
+    output_png = Path(output_png)
+    written = write_case_visuals(output_png, output_png.parent, output_png.stem, window_ct(view.image.data)[0],
+                                 view.image.affine, logits_by_class, names, true_labels_ijk=true_labels,
+                                 input_slice=(view.axis, view.index), title=title, per_axis=per_axis)
+    written["scores"] = scores
+    return written
