@@ -63,7 +63,7 @@ def cmd_preprocess(args) -> int:
         raise Sam3dMedError("--spacing must be positive (mm)")
     input_dir = Path(args.input_dir)
     names, source = resolve_class_names(input_dir, args.classes, args.class_names)
-    print(f"class names ({source}): " + ", ".join(f"{k}={v}" for k, v in sorted(names.items())), file=sys.stderr)
+    _print_class_names(names, source)
     options = PreprocessOptions(classes=args.classes, spacing_mm=args.spacing, axes=parse_axes(args.axes),
                                 extract_mesh=args.extract_mesh, compress=args.compress, class_names=names)
     summary = run_preprocess(input_dir, args.out_dir, options, workers=args.workers,
@@ -204,7 +204,7 @@ def add_comparison_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class", dest="class_id", type=int, default=None, help="label value of the --mask structure")
     p.add_argument("--output", default="results/comparison.png", help="the comparison grid (meshes go beside it)")
     p.add_argument("--slices_per_axis", type=int, default=3, help="columns per axis in the grid")
-    p.add_argument("--class_names", default=None, help="comma-separated names of labels 1..N (default: the heart classes)")
+    p.add_argument("--class_names", default=None, help="comma-separated names of labels 1..N (default: classes.json beside the scan, else the heart classes)")
 
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
@@ -214,12 +214,17 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_3d_cases", type=int, default=3, help="cases in the interactive 3-D view")
 
 
-def _class_names(text: str | None) -> dict[int, str]:
-    from .data.classes import DEFAULT_CLASS_NAMES
+def _class_names(text: str | None, scan_path: str) -> tuple[dict[int, str], str]:
+    """(names, where from): --class_names, else the classes.json beside the scan or one folder up,
+    else the heart order."""
+    from .data.classes import CLASSES_FILE, find_class_names
 
-    if not text:
-        return dict(DEFAULT_CLASS_NAMES)
-    return {i + 1: name.strip() for i, name in enumerate(text.split(","))}
+    folder = next((f for f in Path(scan_path).resolve().parents[:2] if (f / CLASSES_FILE).is_file()), Path(scan_path).parent)
+    return find_class_names(folder, text)
+
+
+def _print_class_names(names: dict[int, str], source: str) -> None:
+    print(f"class names ({source}): " + ", ".join(f"{k}={v}" for k, v in sorted(names.items())), file=sys.stderr)
 
 
 def _mask_file(mask_dir: str, index: int) -> Path:
@@ -263,10 +268,12 @@ def cmd_visualize_comparison(args) -> int:
     from .viz.comparison import compare_on_volume
 
     inference = load_for_inference(args)
+    names, source = _class_names(args.class_names, args.volume)
     written = compare_on_volume(image_path=args.volume, axis=args.axis, slice_idx=args.slice_idx,
-                                output_png=args.output, class_names=_class_names(args.class_names),
+                                output_png=args.output, class_names=names,
                                 label_path=args.label, mask_png=args.mask, class_id=args.class_id,
                                 spacing_mm=args.spacing, per_axis=args.slices_per_axis, **inference)
+    _print_class_names(names, source)
     print(f"comparison grid: {written['figure']}")
     for c, paths in written["meshes"].items():
         score = f" (Dice {written['scores'][c]['dice']:.3f})" if c in written["scores"] else ""
@@ -296,8 +303,9 @@ def cmd_report(args) -> int:
 def cmd_export_slice(args) -> int:
     from .viz.finetuned import export_slice_png
 
-    written = export_slice_png(args.image, args.label, args.axis, args.slice_idx, args.out,
-                               _class_names(args.class_names), spacing_mm=args.spacing)
+    names, source = _class_names(args.class_names, args.label)
+    written = export_slice_png(args.image, args.label, args.axis, args.slice_idx, args.out, names, spacing_mm=args.spacing)
+    _print_class_names(names, source)
     print(f"image: {written['image']}; masks ({len(written['masks'])}, --mask_index in this order): "
           + ", ".join(p.name for p in written["masks"]))
     return 0
@@ -339,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axis", type=int, default=2, help="axis of the model's grid (RAS+ canonical; 2 = axial)")
     p.add_argument("--slice_idx", type=int, required=True, help="slice index on the model's grid")
     p.add_argument("--spacing", type=float, default=3.0, help="the model's voxel size in mm")
-    p.add_argument("--class_names", default=None, help="comma-separated names of labels 1..N (default: the heart classes)")
+    p.add_argument("--class_names", default=None, help="comma-separated names of labels 1..N (default: classes.json beside the scan, else the heart classes)")
     p.add_argument("--out", required=True, help="folder for image.png and masks/")
     p.set_defaults(func=cmd_export_slice)
     p = sub.add_parser("download", help="download the official SAM 3D Objects weights and configs")

@@ -33,3 +33,14 @@ def read_class_names(folder: str | Path) -> dict[int, str] | None:
 
 def class_names_document(names: dict[int, str]) -> dict:
     return {"class_names": {str(k): v for k, v in sorted(names.items())}, "background": 0}
+
+
+def find_class_names(folder: str | Path, names_arg: str | None) -> tuple[dict[int, str], str]:
+    """Class names from ``names_arg`` (comma-separated names of labels 1..N), else
+    ``folder/classes.json``, else the TotalSegmentator heart order; returns (names, where from)."""
+    if names_arg:
+        return {i + 1: n.strip() for i, n in enumerate(names_arg.split(","))}, "--class_names"
+    names = read_class_names(folder)
+    if names is not None:
+        return names, f"{folder}/{CLASSES_FILE}"
+    return dict(DEFAULT_CLASS_NAMES), "default TotalSegmentator heart order (pass --class_names to change)"

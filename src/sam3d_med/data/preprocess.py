@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.atomic import atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from ..io.nifti import load_volume, voxel_spacing_mm
-from .classes import DEFAULT_CLASS_NAMES, read_class_names
+from .classes import DEFAULT_CLASS_NAMES, find_class_names
 from .geometry import resample_isotropic, take_slice, world_grid
 from .surfaces import mask_surface_mesh, mesh_obj_text, signed_distance_mm
 
@@ -357,15 +357,7 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, options: Preproce
 def resolve_class_names(input_dir: Path, classes: int, names_arg: str | None) -> tuple[dict[int, str], str]:
     """Class names from --class_names, else ``input_dir/classes.json``, else the TotalSegmentator
     heart order; returns (names, where they came from). Their number must equal ``classes``."""
-    if names_arg:
-        names = {i + 1: n.strip() for i, n in enumerate(names_arg.split(","))}
-        source = "--class_names"
-    else:
-        names = read_class_names(input_dir)
-        source = f"{input_dir}/classes.json"
-        if names is None:
-            names = dict(DEFAULT_CLASS_NAMES)
-            source = "default TotalSegmentator heart order (pass --class_names to change)"
+    names, source = find_class_names(input_dir, names_arg)
     if sorted(names) != list(range(1, classes + 1)):
         raise InputError(f"class names from {source} cover labels {sorted(names)}, but --classes is {classes}")
     return names, source

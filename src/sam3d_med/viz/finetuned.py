@@ -19,6 +19,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from scipy import ndimage
 
 from ..data.geometry import take_slice
@@ -28,7 +29,7 @@ from ..eval.predict import (canonical_resampled, load_matching_label, read_mask_
                             slice_model_inputs, surface_of_logits, write_mesh)
 from ..io.atomic import atomic_path, atomic_write_json
 from ..io.nifti import load_volume, save_volume
-from .palette import class_colour, legend_handles, rgba_of_labels
+from .palette import class_colour, rgba_of_labels
 from .render import mesh_views_figure
 from .slices import comparison_figure, draw_slice, save_figure
 
@@ -140,7 +141,7 @@ def reconstruct_from_png(model, image_png: str | Path, mask_png: str | Path, out
 
     meshes = [(mesh, colour)] if mesh is not None else []
     fig = mesh_views_figure([("reconstruction", meshes)], title=f"{name}: {summary['predicted_volume_ml']:.1f} ml",
-                            legend=legend_handles({label: name}, with_errors=False))
+                            legend=[Patch(facecolor=colour, label=name)])
     files["renders"] = str(save_figure(fig, out_dir / "mesh_views.png"))
     fig = comparison_figure(volume_image, affine, predicted.astype(np.uint8) * label, {label: name},
                             input_slice=(axis, index), title=f"{name}: reconstruction on slices of the assumed grid "
