@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Evaluation speed: cases/s of the evaluation runner (tiny preset, CPU), and the metric computation
-per structure against MONAI's (Dice + HD95 + NSD at three tolerances on 64^3 masks, 3 mm).
+"""Evaluation speed: cases/s of the evaluation runner (tiny preset, CPU) without and with the per-case
+figures (--save_viz), the HTML report's build time, and the metric computation per structure against
+MONAI's (Dice + HD95 + NSD at three tolerances on 64^3 masks, 3 mm).
 
-    python benchmarks/bench_eval.py [--cases 4] [--repeats 5]
+    python benchmarks/bench_eval.py [--cases 4] [--repeats 5] [--eval_repeats 3]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sam3d_med.data.phantom import write_phantom_dataset
 from sam3d_med.data.preprocess import PreprocessOptions, run_preprocess
 from sam3d_med.eval.metrics import segmentation_metrics
 from sam3d_med.eval.runner import EvalOptions, evaluate
+from sam3d_med.viz.report import write_report
 
 
 def monai_metrics(pred, truth, spacing):
@@ -49,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--eval_repeats", type=int, default=3, help="runs of the evaluation and the report")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,14 +71,23 @@ def main() -> None:
                                               "training.max_steps_per_epoch=1", "validation.reconstructions=1",
                                               "validation.max_batches=1"])
         train(cfg, tmp / "run")
-        start = time.perf_counter()
-        document = evaluate(tmp / "ckpt" / "last.pt", tmp / "test", tmp / "results", EvalOptions(batch_size=8),
-                            log=lambda m: None)
-        seconds = time.perf_counter() - start
-        n_samples = sum(1 for r in document["records"] if r["method"] == "model")
+        runs = {}
+        for name, save_viz in (("without figures", False), ("--save_viz", True)):
+            def run_once(folder=iter(range(10**6))):
+                out = tmp / f"results_{next(folder)}"
+                runs["document"] = evaluate(tmp / "ckpt" / "last.pt", tmp / "test", out,
+                                            EvalOptions(batch_size=8, save_viz=save_viz), log=lambda m: None)
+                runs["folder"] = out
+            runs[name] = median_seconds(run_once, args.eval_repeats)
+        n_samples = sum(1 for r in runs["document"]["records"] if r["method"] == "model")
+        report_seconds = median_seconds(lambda: write_report(runs["folder"]), args.eval_repeats)
+        report_mb = (runs["folder"] / "report.html").stat().st_size / 1e6
         print(f"evaluation runner, tiny preset, CPU ({torch.get_num_threads()} threads), {args.cases} phantom cases "
-              f"x 5 classes x 3 axes = {n_samples} reconstructions (+2 baselines each)")
-        print(f"  {seconds:.1f} s in all: {args.cases / seconds:.2f} cases/s")
+              f"x 5 classes x 3 axes = {n_samples} reconstructions (+2 baselines each), median of {args.eval_repeats}")
+        print(f"{'run':>18} {'s':>7} {'cases/s':>8} {'vs first':>9}")
+        for name in ("without figures", "--save_viz"):
+            print(f"{name:>18} {runs[name]:>7.1f} {args.cases / runs[name]:>8.2f} {runs[name] / runs['without figures']:>9.2f}")
+        print(f"{'report (HTML)':>18} {report_seconds:>7.1f}  ({report_mb:.1f} MB, 3 cases in the 3-D view)")
 
         sdf = np.load(tmp / "test" / "s0101_sdf.npy")
         truth = sdf[1] < 0

@@ -212,6 +212,8 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="HTML file (default: <eval_dir>/report.html)")
     p.add_argument("--max_figures", type=int, default=20, help="per-case figures embedded (worst model Dice first)")
     p.add_argument("--max_3d_cases", type=int, default=3, help="cases in the interactive 3-D view")
+    p.add_argument("--max_faces", type=int, default=20_000,
+                   help="surfaces with more faces are simplified in the 3-D view (keeps the file small)")
 
 
 def _class_names(text: str | None, scan_path: str) -> tuple[dict[int, str], str]:
@@ -295,7 +297,8 @@ def _add_visualize(sub) -> None:
 def cmd_report(args) -> int:
     from .viz.report import write_report
 
-    path = write_report(args.eval_dir, args.out, max_figures=args.max_figures, max_3d_cases=args.max_3d_cases)
+    path = write_report(args.eval_dir, args.out, max_figures=args.max_figures, max_3d_cases=args.max_3d_cases,
+                        max_faces_per_surface=args.max_faces)
     print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, works offline)")
     return 0
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import trimesh
 
 from sam3d_med.data.dataset import load_manifest
 from sam3d_med.eval.runner import EvalOptions, TrainingPriors, choose_slices, evaluate
 from sam3d_med.errors import InputError
+from sam3d_med.viz.comparison import case_surfaces, load_case_volumes
 from tests.conftest import assert_png_not_blank
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,8 +77,8 @@ def test_tutorial_command(trained, tmp_path):
     assert viz.returncode == 0, viz.stderr[-2000:]
     figure = tmp_path / "results" / "visualizations" / "s0201.png"
     assert_png_not_blank(figure, min_size=(800, 500))
-    meshes = sorted(p.name for p in (tmp_path / "results" / "visualizations" / "meshes").glob("*.obj"))
-    assert {f"s0201_class{c}_true.obj" for c in range(1, 6)} <= set(meshes)
-    for name in meshes:  # every surface is a closed mesh in world mm
-        mesh = trimesh.load(tmp_path / "results" / "visualizations" / "meshes" / name, force="mesh")
-        assert len(mesh.faces) > 0 and mesh.is_watertight
+    logits, true_labels, affine = load_case_volumes(tmp_path / "results" / "visualizations" / "s0201_volumes.npz")
+    assert sorted(logits) == [1, 2, 3, 4, 5] and true_labels.shape == (64, 64, 64)
+    assert set(np.unique(true_labels)) == {0, 1, 2, 3, 4, 5} and affine.shape == (4, 4)
+    for c, surfaces in case_surfaces(logits, affine, true_labels).items():  # closed surfaces in world mm
+        assert surfaces["true"].is_watertight and surfaces["true"].volume > 0

@@ -81,3 +81,17 @@ def test_mesh_renders(tmp_path):
 def test_labels_from_logits_needs_a_class(bad):
     with pytest.raises(ValueError):
         labels_from_logits(bad)
+
+
+def test_display_simplification_keeps_the_shape_within_budget():
+    import trimesh
+
+    from sam3d_med.viz.report import simplified_for_display
+
+    sphere = trimesh.creation.icosphere(subdivisions=6, radius=40.0)  # 81,920 faces, radius in mm
+    vertices, faces = simplified_for_display(sphere.vertices, sphere.faces, max_faces=5000)
+    assert 500 < len(faces) <= 5000 and faces.max() == len(vertices) - 1 and faces.min() == 0
+    radii = np.linalg.norm(vertices, axis=1)
+    assert np.all(np.abs(radii - 40.0) < 4.0)  # still the same sphere, to a few mm
+    same_v, same_f = simplified_for_display(sphere.vertices, sphere.faces, max_faces=10**6)
+    assert len(same_f) == len(sphere.faces)  # under budget: untouched

@@ -28,9 +28,9 @@ from scipy import ndimage, special
 from ..data.dataset import condition_inputs
 from ..data.geometry import resample_isotropic, take_slice, voxel_to_world, world_grid, world_to_voxel
 from ..data.preprocess import window_ct
-from ..data.surfaces import mask_surface_mesh
+from ..data.surfaces import mask_surface_mesh, mesh_obj_text
 from ..errors import InputError
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, atomic_write_text
 from ..io.nifti import Volume, load_volume, save_volume, voxel_spacing_mm
 
 
@@ -147,8 +147,13 @@ def surface_of_logits(logits_ijk: np.ndarray, affine: np.ndarray):
 
 
 def write_mesh(mesh, path: str | Path) -> None:
+    """Write a mesh atomically: .obj with the cache's OBJ writer, other formats through trimesh."""
+    file_type = Path(path).suffix.lstrip(".").lower() or "obj"
+    if file_type == "obj":
+        atomic_write_text(path, mesh_obj_text(mesh))
+        return
     with atomic_path(path) as tmp:
-        mesh.export(str(tmp), file_type=Path(path).suffix.lstrip(".") or "obj")
+        mesh.export(str(tmp), file_type=file_type)
 
 
 def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out_path: str | Path, *,

@@ -14,8 +14,9 @@ command line. Two baselines are scored on the same samples:
 Results per case go to ``cases/<id>.json`` as soon as the case is scored, so a re-run skips cases
 already scored with the same protocol; ``metrics.json`` and ``metrics.csv`` are written at the end.
 With ``save_viz``, each case also gets ``visualizations/<id>.png`` (input, truth, prediction and
-error over slices along every axis; each class as reconstructed from its axial slice) and its
-predicted and true surfaces in ``visualizations/meshes/`` (world mm), which the HTML report shows.
+error over slices along every axis; each class as reconstructed from its axial slice) and
+``visualizations/<id>_volumes.npz`` (per-class logits, true labels, affine), from which the HTML
+report draws predicted and true surfaces.
 """
 
 from __future__ import annotations
@@ -204,9 +205,9 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Pa
 
 def _case_visuals(data_root: Path, case: dict, viz_dir: Path, axis: int, logits: dict, slices: dict, names: dict,
                   records: list[dict]) -> None:
-    """The case's comparison grid (``<case>.png``) and surfaces (``meshes/<case>_class<c>_{pred,true}.obj``):
-    each class as reconstructed from its chosen slice along ``axis``."""
-    from ..viz.comparison import write_case_visuals
+    """The case's comparison grid (``<case>.png``) and the volumes the report draws its surfaces from
+    (``<case>_volumes.npz``): each class as reconstructed from its chosen slice along ``axis``."""
+    from ..viz.comparison import save_case_volumes, write_case_visuals
     from ..viz.slices import view_name
 
     if not logits:
@@ -217,8 +218,9 @@ def _case_visuals(data_root: Path, case: dict, viz_dir: Path, axis: int, logits:
     class_names = {c: names[str(c)] for c in logits}
     title = (f"{case['case_id']}: each class reconstructed from its {view_name(affine, axis)} slice "
              f"({'ijk'[axis]}): " + ", ".join(f"{class_names[c]} {slices[c]} (Dice {dice[c]:.2f})" for c in sorted(logits)))
-    write_case_visuals(viz_dir / f"{case['case_id']}.png", viz_dir / "meshes", case["case_id"], image, affine, logits,
+    write_case_visuals(viz_dir / f"{case['case_id']}.png", None, case["case_id"], image, affine, logits,
                        class_names, true_labels_ijk=labels, title=title)
+    save_case_volumes(viz_dir / f"{case['case_id']}_volumes.npz", logits, labels, affine)
 
 
 def _installed(distribution: str) -> str:

@@ -19,30 +19,42 @@ from ..eval.metrics import segmentation_metrics
 from ..eval.predict import (canonical_resampled, canonical_slice, load_matching_label, read_mask_png,
                             reconstruct_logits, surface_of_logits, write_mesh)
 from ..data.geometry import take_slice
+from ..io.atomic import atomic_save_npz
 from ..io.nifti import load_volume, voxel_spacing_mm
 from .slices import comparison_figure, labels_from_logits, save_figure
 
 
 def mesh_path(mesh_dir: Path, stem: str, class_id: int, kind: str) -> Path:
-    """``<stem>_class<c>_<kind>.obj`` with kind "pred" or "true" (the report finds them by this name)."""
+    """``<stem>_class<c>_<kind>.obj`` with kind "pred" or "true"."""
     return Path(mesh_dir) / f"{stem}_class{class_id}_{kind}.obj"
 
 
-def write_case_visuals(png_path: str | Path, mesh_dir: str | Path, stem: str, image_ijk: np.ndarray,
+def case_surfaces(logits_by_class: dict[int, np.ndarray], affine: np.ndarray,
+                  true_labels_ijk: np.ndarray | None = None) -> dict[int, dict]:
+    """{class: {"pred": mesh|None, "true": mesh|None}} in world mm: the logit-0 level of each class's
+    prediction, and the boundary of its true voxels (None where there is no surface)."""
+    spacing = voxel_spacing_mm(affine)
+    surfaces = {}
+    for c, logits in sorted(logits_by_class.items()):
+        surfaces[c] = {"pred": surface_of_logits(logits, affine)}
+        if true_labels_ijk is not None:
+            surfaces[c]["true"] = mask_surface_mesh(signed_distance_mm(true_labels_ijk == c, spacing), affine)
+    return surfaces
+
+
+def write_case_visuals(png_path: str | Path, mesh_dir: str | Path | None, stem: str, image_ijk: np.ndarray,
                        affine: np.ndarray, logits_by_class: dict[int, np.ndarray], class_names: dict[int, str], *,
                        true_labels_ijk: np.ndarray | None = None, input_slice: tuple[int, int] | None = None,
                        title: str = "", per_axis: int = 3) -> dict:
-    """The comparison grid as PNG and, per class, the predicted (and true) surface as .obj in world mm.
-    Returns {"figure": path, "meshes": {class: {"pred": path|None, "true": path|None}}}."""
+    """The comparison grid as PNG and, with ``mesh_dir``, per class the predicted (and true) surface
+    as .obj in world mm. Returns {"figure": path, "meshes": {class: {"pred": path|None, "true": ...}}}."""
     pred_labels = labels_from_logits(logits_by_class)
     fig = comparison_figure(image_ijk, affine, pred_labels, class_names, true_labels_ijk=true_labels_ijk,
                             input_slice=input_slice, per_axis=per_axis, title=title)
     written = {"figure": str(save_figure(fig, png_path)), "meshes": {}}
-    spacing = voxel_spacing_mm(affine)
-    for c, logits in sorted(logits_by_class.items()):
-        surfaces = {"pred": surface_of_logits(logits, affine)}
-        if true_labels_ijk is not None:
-            surfaces["true"] = mask_surface_mesh(signed_distance_mm(true_labels_ijk == c, spacing), affine)
+    if mesh_dir is None:
+        return written
+    for c, surfaces in case_surfaces(logits_by_class, affine, true_labels_ijk).items():
         written["meshes"][c] = {}
         for kind, mesh in surfaces.items():
             path = None
@@ -107,3 +119,23 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
                                  input_slice=(view.axis, view.index), title=title, per_axis=per_axis)
     written["scores"] = scores
     return written
+
+
+def save_case_volumes(path: str | Path, logits_by_class: dict[int, np.ndarray], true_labels_ijk: np.ndarray,
+                      affine: np.ndarray) -> None:
+    """What the report needs to draw a case's surfaces, compactly (~2 MB; a noisy prediction's .obj
+    files could be 100x that): per-class logits as float16, the true labels, the affine."""
+    classes = sorted(logits_by_class)
+    atomic_save_npz(path, compressed=True, classes=np.asarray(classes, dtype=np.int64),
+                    logits=np.stack([logits_by_class[c] for c in classes]).astype(np.float16),
+                    true_labels=np.asarray(true_labels_ijk, dtype=np.uint8), affine=np.asarray(affine, dtype=np.float64))
+
+
+def load_case_volumes(path: str | Path) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
+    """(logits by class, true labels [i, j, k], affine) as written by ``save_case_volumes``."""
+    try:
+        with np.load(path) as npz:
+            logits = {int(c): npz["logits"][n].astype(np.float32) for n, c in enumerate(npz["classes"])}
+            return logits, npz["true_labels"], npz["affine"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable case volumes ({type(exc).__name__})") from None

@@ -1,7 +1,8 @@
 """One self-contained HTML report of an evaluation folder (``sam3d-med report results/evaluation``).
 
 It reads what the evaluation wrote (``metrics.json``; with ``--save_viz`` also
-``visualizations/<case>.png`` and ``visualizations/meshes/<case>_class<c>_{pred,true}.obj``) and
+``visualizations/<case>.png`` and ``visualizations/<case>_volumes.npz``, from which it extracts the
+predicted and true surfaces) and
 writes one HTML file that works offline: plotly.js is embedded (no CDN), the figures are embedded
 as base64 PNG, the surfaces as plotly meshes. Sections: protocol, metrics table of the model,
 baseline comparison (table and bar chart), per-class box plots, per-case figures (worst model Dice
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.atomic import atomic_write_text
+from .comparison import case_surfaces, load_case_volumes
 from .palette import class_colour_hex
 
 METHOD_LABELS = {"model": "fine-tuned model", "mean_shape": "baseline: mean shape", "extrude": "baseline: extrude"}
@@ -133,31 +135,49 @@ def _spread(ordered: list[str], count: int) -> list[str]:
     return [ordered[i] for i in picks]
 
 
-def _load_mesh(path: Path):
-    import trimesh
+def simplified_for_display(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vertex clustering (display only): vertices are merged per cubic cell, the cell doubling from
+    1 mm until at most ``max_faces`` faces remain; collapsed and repeated faces are dropped. A noisy
+    prediction's surface (10^5-10^6 faces) would otherwise make the report hundreds of MB."""
+    vertices, faces = np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int64)
+    cell = 1.0
+    while len(faces) > max_faces:
+        keys = np.floor(vertices / cell).astype(np.int64)
+        _, cluster = np.unique(keys, axis=0, return_inverse=True)
+        cluster = cluster.ravel()
+        counts = np.bincount(cluster)
+        merged = np.stack([np.bincount(cluster, weights=vertices[:, a]) / counts for a in range(3)], axis=1)
+        new_faces = cluster[faces]
+        keep = ((new_faces[:, 0] != new_faces[:, 1]) & (new_faces[:, 1] != new_faces[:, 2])
+                & (new_faces[:, 0] != new_faces[:, 2]))
+        new_faces = new_faces[keep]
+        _, first = np.unique(np.sort(new_faces, axis=1), axis=0, return_index=True)
+        vertices, faces = merged, new_faces[np.sort(first)]
+        cell *= 2.0
+    used, faces = np.unique(faces, return_inverse=True)
+    return vertices[used], faces.reshape(-1, 3)
 
-    try:
-        return trimesh.load(path, force="mesh", process=False)
-    except Exception as exc:  # trimesh raises many types for a damaged file
-        raise InputError(f"{path}: unreadable mesh ({type(exc).__name__})") from None
 
-
-def _surfaces_view(viz_dir: Path, cases: list[str], class_names: dict[int, str]) -> str:
+def _surfaces_view(viz_dir: Path, cases: list[str], class_names: dict[int, str], max_faces: int) -> str:
     """One plotly scene; a menu picks the case. True surfaces translucent, predicted ones solid."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    owners = []
+    owners, simplified = [], 0
     for case in cases:
-        for c, name in sorted(class_names.items()):
+        logits, true_labels, affine = load_case_volumes(viz_dir / f"{case}_volumes.npz")
+        surfaces = case_surfaces(logits, affine, true_labels)
+        for c in sorted(surfaces):
+            name = class_names.get(c, f"class {c}")
             for kind, opacity in (("true", 0.3), ("pred", 1.0)):
-                path = viz_dir / "meshes" / f"{case}_class{c}_{kind}.obj"
-                if not path.is_file():
+                mesh = surfaces[c].get(kind)
+                if mesh is None:
                     continue
-                mesh = _load_mesh(path)
-                vertices = np.asarray(mesh.vertices, dtype=np.float32)
+                vertices, faces = simplified_for_display(mesh.vertices, mesh.faces, max_faces)
+                vertices = vertices.astype(np.float32)
                 # plotly embeds arrays as typed binary: 16-bit indices when they fit halve the faces' bytes
-                faces = np.asarray(mesh.faces, dtype=np.uint16 if len(vertices) < 2**16 else np.int32)
+                faces = faces.astype(np.uint16 if len(vertices) < 2**16 else np.int32)
+                simplified += len(faces) < len(mesh.faces)
                 fig.add_trace(go.Mesh3d(x=vertices[:, 0], y=vertices[:, 1], z=vertices[:, 2], i=faces[:, 0],
                                         j=faces[:, 1], k=faces[:, 2], color=class_colour_hex(c), opacity=opacity,
                                         flatshading=False, name=f"{name} ({'truth' if kind == 'true' else 'prediction'})",
@@ -172,7 +192,9 @@ def _surfaces_view(viz_dir: Path, cases: list[str], class_names: dict[int, str])
                       scene={"aspectmode": "data", "xaxis_title": "x (mm, R+)", "yaxis_title": "y (mm, A+)",
                              "zaxis_title": "z (mm, S+)"},
                       updatemenus=[{"buttons": buttons, "direction": "down", "x": 0.0, "xanchor": "left", "y": 1.08}])
-    return _plotly_div(fig)
+    note = (f"<p>{simplified} surfaces over {max_faces:,} faces are simplified for display (vertex clustering).</p>"
+            if simplified else "")
+    return note + _plotly_div(fig)
 
 
 def _figures(viz_dir: Path, cases: list[str], case_dice: dict[str, float]) -> str:
@@ -194,7 +216,8 @@ figure{margin:16px 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{
 """
 
 
-def build_report(eval_dir: str | Path, max_figures: int = 20, max_3d_cases: int = 3) -> str:
+def build_report(eval_dir: str | Path, max_figures: int = 20, max_3d_cases: int = 3,
+                 max_faces_per_surface: int = 20_000) -> str:
     """The report's HTML text (see the module doc)."""
     import plotly
     import plotly.offline
@@ -218,7 +241,7 @@ def build_report(eval_dir: str | Path, max_figures: int = 20, max_3d_cases: int 
 
     viz_dir = eval_dir / "visualizations"
     with_figure = [c for c in ordered if (viz_dir / f"{c}.png").is_file()]
-    with_meshes = [c for c in ordered if any((viz_dir / "meshes").glob(f"{c}_class*_pred.obj"))]
+    with_meshes = [c for c in ordered if (viz_dir / f"{c}_volumes.npz").is_file()]
     missing = ('<p class="note">This evaluation was run without <code>--save_viz</code>: run '
                '<code>scripts/eval_medical.py ... --save_viz</code> on the same output folder (scored cases are kept) '
                "to add the per-case figures and surfaces.</p>")
@@ -228,7 +251,7 @@ def build_report(eval_dir: str | Path, max_figures: int = 20, max_3d_cases: int 
     view_cases = _spread(with_meshes, max_3d_cases)
     surfaces_html = (f"<p>Cases across the range of model Dice (worst to best): {', '.join(view_cases)}. Drag to rotate, "
                      "scroll to zoom, click a legend entry to hide a surface; world coordinates in mm (RAS+).</p>"
-                     + _surfaces_view(viz_dir, view_cases, class_names)) if view_cases else missing
+                     + _surfaces_view(viz_dir, view_cases, class_names, max_faces_per_surface)) if view_cases else missing
 
     sampler = protocol.get("sampler", {})
     protocol_rows = [["checkpoint", html.escape(str(protocol.get("checkpoint")))],
@@ -268,8 +291,8 @@ def build_report(eval_dir: str | Path, max_figures: int = 20, max_3d_cases: int 
 
 
 def write_report(eval_dir: str | Path, out_path: str | Path | None = None, max_figures: int = 20,
-                 max_3d_cases: int = 3) -> Path:
+                 max_3d_cases: int = 3, max_faces_per_surface: int = 20_000) -> Path:
     """Write the report (default ``<eval_dir>/report.html``) atomically; returns its path."""
     out_path = Path(out_path) if out_path else Path(eval_dir) / "report.html"
-    atomic_write_text(out_path, build_report(eval_dir, max_figures, max_3d_cases))
+    atomic_write_text(out_path, build_report(eval_dir, max_figures, max_3d_cases, max_faces_per_surface))
     return out_path
