@@ -1,7 +1,8 @@
-"""Prediction vs ground truth for one case: the comparison grid (PNG) and the surfaces (.obj).
+"""Prediction vs ground truth for one case: the comparison grid (PNG) and the surfaces.
 
-Used by ``visualize_comparison.py`` (a NIfTI scan), ``eval_medical.py --save_viz`` (a cached test
-case) and, through the files it writes, the HTML report. Everything is on the model's grid (RAS+
+Used by ``visualize_comparison.py`` (a NIfTI scan: grid + .obj surfaces), ``eval_medical.py
+--save_viz`` (a cached test case: grid + compact volumes) and the HTML report (surfaces from those
+volumes). Everything is on the model's grid (RAS+
 canonical, isotropic): ``image_ijk`` display values in [0, 1] (NaN = no data), label arrays [i, j, k]
 with label values, logits [i, j, k] per class, meshes in world mm.
 """
@@ -12,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.geometry import take_slice
 from ..data.preprocess import window_ct
 from ..data.surfaces import mask_surface_mesh, signed_distance_mm
 from ..errors import InputError
 from ..eval.metrics import segmentation_metrics
 from ..eval.predict import (canonical_resampled, canonical_slice, load_matching_label, read_mask_png,
                             reconstruct_logits, surface_of_logits, write_mesh)
-from ..data.geometry import take_slice
 from ..io.atomic import atomic_save_npz
 from ..io.nifti import load_volume, voxel_spacing_mm
 from .slices import comparison_figure, labels_from_logits, save_figure
@@ -134,8 +135,8 @@ def save_case_volumes(path: str | Path, logits_by_class: dict[int, np.ndarray], 
 def load_case_volumes(path: str | Path) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
     """(logits by class, true labels [i, j, k], affine) as written by ``save_case_volumes``."""
     try:
-        with np.load(path) as npz:
-            logits = {int(c): npz["logits"][n].astype(np.float32) for n, c in enumerate(npz["classes"])}
-            return logits, npz["true_labels"], npz["affine"]
+        with np.load(path) as npz:  # each npz[key] decompresses its array again: read each once
+            classes, logits, true_labels, affine = npz["classes"], npz["logits"], npz["true_labels"], npz["affine"]
     except (OSError, KeyError, ValueError) as exc:
         raise InputError(f"{path}: unreadable case volumes ({type(exc).__name__})") from None
+    return {int(c): logits[n].astype(np.float32) for n, c in enumerate(classes)}, true_labels, affine
