@@ -94,7 +94,9 @@ def test_png_route_reconstructs_what_the_nifti_route_does(trained, scan, tmp_pat
     direct = np.asarray(nib.load(tmp_path / "direct.nii.gz").dataobj) > 0
     if direct.any() or from_png.any():  # the PNG's 8-bit intensities may flip a handful of voxels
         assert segmentation_metrics(from_png, direct, (3.0, 3.0, 3.0))["dice"] > 0.9
-    for name, size, drawn in (("input_overlay.png", (600, 400), 0.1), ("mesh_views.png", (300, 900), 0.0),
+    # the renders show a surface when there is one (a quickly trained model may predict nothing)
+    surface_drawn = 0.01 if (tmp_path / "out" / "reconstruction.obj").is_file() else 0.0
+    for name, size, drawn in (("input_overlay.png", (600, 400), 0.1), ("mesh_views.png", (300, 900), surface_drawn),
                               ("prediction_slices.png", (1200, 300), 0.1)):
         assert_png_not_blank(tmp_path / "out" / name, min_size=size, min_drawn=drawn)
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
