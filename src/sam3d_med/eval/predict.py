@@ -28,10 +28,10 @@ from scipy import ndimage, special
 from ..data.dataset import condition_inputs
 from ..data.geometry import resample_isotropic, take_slice, voxel_to_world, world_grid, world_to_voxel
 from ..data.preprocess import window_ct
-from ..data.surfaces import mask_surface_mesh, mesh_obj_text
+from ..data.surfaces import mask_surface_mesh, mesh_obj_text, voxel_volume_mm3
 from ..errors import InputError
 from ..io.atomic import atomic_path, atomic_write_text
-from ..io.nifti import Volume, load_volume, save_volume, voxel_spacing_mm
+from ..io.nifti import Volume, load_volume, save_volume
 
 
 def read_mask_png(path: Path, shape_hw: tuple[int, int] | None = None) -> np.ndarray:
@@ -184,7 +184,8 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
     prob_canonical = special.expit(logits.astype(np.float64))
 
     prob = back_to_input_grid(prob_canonical, view.image.affine, image.data.shape, image.affine)
-    save_volume(out_path, (prob >= 0.5).astype(np.uint8), image.affine, dtype=np.uint8)
+    predicted = prob >= 0.5
+    save_volume(out_path, predicted.astype(np.uint8), image.affine, dtype=np.uint8)
     written = {"mask": str(out_path)}
     if probability_path:
         save_volume(probability_path, prob.astype(np.float32), image.affine, dtype=np.float32)
@@ -195,8 +196,8 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
             raise InputError("the prediction is empty: no surface to write")
         write_mesh(mesh, mesh_path)
         written["mesh"] = str(mesh_path)
-    written.update(voxels=int((prob >= 0.5).sum()), canonical_slice=(view.axis, view.index),
-                   volume_ml=float((prob >= 0.5).sum() * np.prod(voxel_spacing_mm(image.affine)) / 1000.0))
+    written.update(voxels=int(predicted.sum()), canonical_slice=(view.axis, view.index),
+                   volume_ml=voxel_volume_mm3(predicted, image.affine) / 1000.0)
     return written
 
 

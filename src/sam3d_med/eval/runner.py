@@ -186,10 +186,11 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Pa
                 _, entry, cls = dataset.samples[position]
                 position += 1
                 truth = batch["occupancy"][b, 0].numpy() > 0.5
+                model_logits = logits[b, 0].float().cpu().numpy()
                 if options.save_viz and entry["axis"] == viz_axis:
-                    viz_logits[cls] = logits[b, 0].float().cpu().numpy()
+                    viz_logits[cls] = model_logits
                     viz_slices[cls] = entry["slice_idx"]
-                predictions = {"model": logits[b, 0].float().cpu().numpy() > 0,
+                predictions = {"model": model_logits > 0,
                                "mean_shape": priors.mean_occupancy[cls],
                                "extrude": priors.extrude(truth, cls, entry["axis"], entry["slice_idx"])}
                 for method, pred in predictions.items():

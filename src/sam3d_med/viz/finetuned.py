@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from ..data.geometry import take_slice
 from ..data.preprocess import CT_WINDOWS, window_ct
+from ..data.surfaces import voxel_volume_mm3
 from ..errors import InputError
 from ..eval.predict import (canonical_resampled, load_matching_label, read_mask_png, reconstruct_logits,
                             slice_model_inputs, surface_of_logits, write_mesh)
@@ -107,7 +108,7 @@ def reconstruct_from_png(model, image_png: str | Path, mask_png: str | Path, out
                "pixel_spacing_mm": pixel_mm, "grid": {"resolution": resolution, "spacing_mm": spacing_mm,
                                                       "axis": axis, "slice_idx": index, "affine": affine.tolist()},
                "predicted_voxels": int(predicted.sum()),
-               "predicted_volume_ml": float(predicted.sum() * spacing_mm**3 / 1000.0), "files": {}}
+               "predicted_volume_ml": voxel_volume_mm3(predicted, affine) / 1000.0, "files": {}}
 
     files = summary["files"]
     save_volume(out_dir / "reconstruction.nii.gz", predicted.astype(np.uint8), affine, dtype=np.uint8)

@@ -76,8 +76,8 @@ def _comparison_table(summary: dict, methods: list[str]) -> str:
                       for m in methods]
             finite = [v for v in values if math.isfinite(v)]
             best = (max(finite) if higher_better else min(finite)) if finite else None
-            row += [f"<b>{_cell(v, 3 if key.startswith(('dice', 'nsd')) else 1)}</b>" if v == best
-                    else _cell(v, 3 if key.startswith(("dice", "nsd")) else 1) for v in values]
+            digits = 3 if key.startswith(("dice", "nsd")) else 1  # fractions vs millimetres
+            row += [f"<b>{_cell(v, digits)}</b>" if v == best else _cell(v, digits) for v in values]
         rows.append(row)
     return _table(header, rows)
 
