@@ -48,7 +48,7 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spacing", type=float, default=3.0, help="isotropic voxel size in mm to resample to")
     p.add_argument("--axes", default="0,1,2", help="array axes (RAS+ canonical) to slice along, e.g. 0,1,2 or 2")
     p.add_argument("--extract_mesh", action="store_true", help="write a surface mesh per class (meshes/*.obj)")
-    p.add_argument("--compress", action="store_true", help="compress the slice .npz files (smaller, slower)")
+    p.add_argument("--compress", action="store_true", help="deflate every array of the slice .npz files (smaller, slower; the pointmap always is)")
     p.add_argument("--workers", type=int, default=default_workers(), help="processes (cases run in parallel)")
     p.add_argument("--overwrite", action="store_true", help="redo cases that are already finished")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")

@@ -6,7 +6,10 @@ import trimesh
 
 from sam3d_med.data.geometry import world_to_voxel
 from sam3d_med.data.phantom import orientation_affine
-from sam3d_med.data.surfaces import mask_surface_mesh, mesh_obj_text, signed_distance_mm, voxel_volume_mm3
+from scipy import ndimage
+
+from sam3d_med.data.surfaces import (distance_to_background_mm, mask_surface_mesh, mesh_obj_text, signed_distance_mm,
+                                    voxel_volume_mm3)
 from tests.conftest import ellipsoid_mask
 
 
@@ -23,6 +26,15 @@ def test_sdf_sign_and_millimetre_units():
     # anisotropic spacing is honoured: distances along j scale with spacing_j
     aniso = signed_distance_mm(mask, np.array([1.0, 2.0, 1.0]))
     assert aniso[20, 33, 20] == pytest.approx(10.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("spacing", [(3.0, 3.0, 3.0), (0.8, 1.5, 2.5)])
+def test_distance_to_background_equals_scipy_transform(spacing):
+    rng = np.random.default_rng(1)
+    mask = ndimage.binary_dilation(rng.random((17, 23, 11)) > 0.97, iterations=2)
+    ours = distance_to_background_mm(mask, spacing)
+    np.testing.assert_array_equal(ours, ndimage.distance_transform_edt(mask, sampling=spacing))
+    assert ours.shape == mask.shape and np.all(ours[~mask] == 0) and ours.max() > 2 * min(spacing)
 
 
 def test_sdf_of_empty_and_full_masks():

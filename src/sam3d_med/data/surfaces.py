@@ -8,7 +8,26 @@ from scipy import ndimage
 from skimage import measure
 
 from ..io.nifti import voxel_spacing_mm
-from .geometry import voxel_to_world
+from .geometry import grown_bounding_box, voxel_to_world
+
+
+def distance_to_background_mm(mask_ijk: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
+    """Float64 [i,j,k]: distance (mm) from each voxel centre to the nearest centre where the mask is
+    False (0 there); the values of ``ndimage.distance_transform_edt(mask, sampling=spacing_mm)``.
+
+    Takes only scipy's feature transform (the nearest background voxel's index) and measures the
+    offsets with broadcast index ramps: scipy's own distance step builds (3, I, J, K) float64 index
+    arrays, ~30 % of the whole transform's time (measured 14.5 -> 10.4 ms on 64^3, same values).
+    """
+    mask = np.asarray(mask_ijk, dtype=bool)
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    nearest = ndimage.distance_transform_edt(mask, sampling=spacing, return_distances=False, return_indices=True)
+    squared = np.zeros(mask.shape, dtype=np.float64)
+    for axis, size in enumerate(mask.shape):
+        index = np.arange(size, dtype=nearest.dtype).reshape([-1 if a == axis else 1 for a in range(mask.ndim)])
+        offset_mm = (nearest[axis] - index) * spacing[axis]
+        squared += offset_mm * offset_mm
+    return np.sqrt(squared)
 
 
 def signed_distance_mm(mask_ijk: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
@@ -27,13 +46,13 @@ def signed_distance_mm(mask_ijk: np.ndarray, spacing_mm: np.ndarray) -> np.ndarr
         return np.full(mask.shape, diagonal, dtype=np.float32)
     if mask.all():
         return np.full(mask.shape, -diagonal, dtype=np.float32)
-    sdf = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    sdf = distance_to_background_mm(~mask, spacing)
     # Inside distances only need the mask's bounding box grown by one voxel: for a point inside the
     # box, the nearest background voxel is never farther than that one-voxel background ring
     # (project any farther background voxel onto the ring: every coordinate difference shrinks).
     # Exact, and ~40x cheaper than a transform of the whole volume for a small structure.
-    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in ndimage.find_objects(mask.astype(np.uint8))[0])
-    inside = ndimage.distance_transform_edt(mask[box], sampling=spacing)
+    box = grown_bounding_box(mask, margin=1)
+    inside = distance_to_background_mm(mask[box], spacing)
     sdf[box] -= inside
     return sdf.astype(np.float32)
 
@@ -51,8 +70,7 @@ def mask_surface_mesh(sdf_ijk_mm: np.ndarray, affine: np.ndarray) -> trimesh.Tri
         return None
     # Only the mask's bounding box (grown by one voxel, then padded with "outside") can hold
     # surface: marching cubes on that box is ~10x cheaper than on the whole volume.
-    box = ndimage.find_objects(inside.astype(np.uint8))[0]
-    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+    box = grown_bounding_box(inside, margin=1)
     origin = np.array([s.start for s in box], dtype=np.float64) - 1.0  # -1: the padding
     pad_value = float(np.abs(sdf_ijk_mm).max())
     padded = np.pad(sdf_ijk_mm[box], 1, mode="constant", constant_values=pad_value)

@@ -22,6 +22,9 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from ..data.geometry import grown_bounding_box
+from ..data.surfaces import distance_to_background_mm
+
 DEFAULT_NSD_TOLERANCES_MM = (1.0, 3.0, 6.0)
 
 
@@ -33,7 +36,7 @@ def boundary(mask: np.ndarray) -> np.ndarray:
 def directed_distances_mm(from_mask: np.ndarray, to_mask: np.ndarray, spacing_mm) -> np.ndarray:
     """Distance (mm) from each boundary voxel of ``from_mask`` to the boundary of ``to_mask``."""
     to_edges = boundary(to_mask)
-    distance = ndimage.distance_transform_edt(~to_edges, sampling=np.asarray(spacing_mm, dtype=np.float64))
+    distance = distance_to_background_mm(~to_edges, spacing_mm)
     return distance[boundary(from_mask)]
 
 
@@ -52,7 +55,7 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing_mm,
     out = {"dice": 2.0 * np.count_nonzero(pred & truth) / (n_pred + n_truth)}
     # Distances only involve boundary voxels, all inside the union's bounding box; one voxel of margin
     # keeps the erosion's neighbourhood, so cropping changes no value and saves most of the work.
-    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in ndimage.find_objects((pred | truth).astype(np.uint8))[0])
+    box = grown_bounding_box(pred | truth, margin=1)
     pred, truth = pred[box], truth[box]
     d_pred = directed_distances_mm(pred, truth, spacing_mm)
     d_truth = directed_distances_mm(truth, pred, spacing_mm)
