@@ -9,6 +9,7 @@ MONAI's (Dice + HD95 + NSD at three tolerances on 64^3 masks, 3 mm).
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -71,10 +72,10 @@ def main() -> None:
                                               "training.max_steps_per_epoch=1", "validation.reconstructions=1",
                                               "validation.max_batches=1"])
         train(cfg, tmp / "run")
-        runs = {}
+        runs, run_numbers = {}, itertools.count()
         for name, save_viz in (("without figures", False), ("--save_viz", True)):
-            def run_once(folder=iter(range(10**6))):
-                out = tmp / f"results_{next(folder)}"
+            def run_once():  # every run scores into a new folder: nothing is reused from an earlier run
+                out = tmp / f"results_{next(run_numbers)}"
                 runs["document"] = evaluate(tmp / "ckpt" / "last.pt", tmp / "test", out,
                                             EvalOptions(batch_size=8, save_viz=save_viz), log=lambda m: None)
                 runs["folder"] = out

@@ -20,6 +20,7 @@ re-run with --overwrite right after another one).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import resource
@@ -71,12 +72,10 @@ def main() -> None:
     print(f"preprocess --extract_mesh on {args.cases} phantom cases (64^3, 3 mm), median of {args.repeats} runs; "
           f"{platform.machine()}, {os.cpu_count()} CPUs; outputs "
           + ("deleted between runs" if args.delete_between_runs else "kept until the end"))
-    run_number = 0
+    run_numbers = itertools.count(1)
 
     def fresh_folder() -> Path:
-        nonlocal run_number
-        run_number += 1
-        folder = root / f"run_{run_number:03d}"
+        folder = root / f"run_{next(run_numbers):03d}"
         folder.mkdir()
         return folder
 

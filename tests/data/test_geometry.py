@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sam3d_med.data.geometry import (grown_bounding_box, isotropic_grid, resample_isotropic, take_slice, world_grid,
+from sam3d_med.data.geometry import (bounding_box, isotropic_grid, resample_isotropic, take_slice, world_grid,
                                      voxel_to_world, world_to_voxel)
 from sam3d_med.data.phantom import orientation_affine
 from tests.conftest import ellipsoid_mask
@@ -90,7 +90,7 @@ def test_resampling_is_identity_when_spacing_matches():
 
 
 @pytest.mark.parametrize("margin", [0, 1, 3])
-def test_grown_bounding_box_matches_find_objects(margin):
+def test_bounding_box_matches_find_objects(margin):
     rng = np.random.default_rng(margin)
     for shape in [(9, 12, 7), (5, 6), (30,)]:
         for _ in range(5):
@@ -100,6 +100,6 @@ def test_grown_bounding_box_matches_find_objects(margin):
                 continue
             expected = ndimage.find_objects(mask.astype(np.uint8))[0]
             expected = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(expected, shape))
-            assert grown_bounding_box(mask, margin) == expected
+            assert bounding_box(mask, margin) == expected
     with pytest.raises(ValueError):
-        grown_bounding_box(np.zeros((3, 3), dtype=bool))
+        bounding_box(np.zeros((3, 3), dtype=bool))

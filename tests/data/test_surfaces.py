@@ -3,11 +3,10 @@ import io
 import numpy as np
 import pytest
 import trimesh
+from scipy import ndimage
 
 from sam3d_med.data.geometry import world_to_voxel
 from sam3d_med.data.phantom import orientation_affine
-from scipy import ndimage
-
 from sam3d_med.data.surfaces import (distance_to_background_mm, mask_surface_mesh, mesh_obj_text, signed_distance_mm,
                                     voxel_volume_mm3)
 from tests.conftest import ellipsoid_mask

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import InputError
+from ..io.npz import read_npz
+from .geometry import take_slice
 from .preprocess import MANIFEST_NAME, PREPROCESS_VERSION
 
 BOX_FACTOR = 1.2
@@ -181,14 +183,11 @@ class SliceClassDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         case_id, entry, cls = self.samples[index]
         path = self.cache_dir / entry["file"]
-        try:
-            with np.load(path) as npz:
-                image = torch.from_numpy(npz["image"].astype(np.float32))
-                label = npz["mask"]
-                pointmap = torch.from_numpy(npz["pointmap"].astype(np.float32))
-                affine = npz["affine"]
-        except (OSError, KeyError, ValueError) as exc:
-            raise InputError(f"{path}: unreadable slice file ({type(exc).__name__})") from None
+        arrays = read_npz(path, ("image", "mask", "pointmap", "affine"), "slice file")
+        image = torch.from_numpy(arrays["image"].astype(np.float32))
+        label = arrays["mask"]
+        pointmap = torch.from_numpy(arrays["pointmap"].astype(np.float32))
+        affine = arrays["affine"]
         mask = torch.from_numpy((label == cls).astype(np.float32))[None]
         angle, scale, jitter = 0.0, 1.0, None
         if self.augment is not None:
@@ -218,15 +217,8 @@ def cached_case_volumes(cache_dir: str | Path, case: dict, channel: int = 0) -> 
     shape = tuple(case["shape_ijk"])
     image = np.full(shape, np.nan, dtype=np.float32)
     for entry in case["slices"]:
-        path = cache_dir / entry["file"]
-        try:
-            with np.load(path) as npz:
-                plane = npz["image"][channel]
-        except (OSError, KeyError, ValueError) as exc:
-            raise InputError(f"{path}: unreadable slice file ({type(exc).__name__})") from None
-        index = [slice(None)] * 3
-        index[entry["axis"]] = entry["slice_idx"]
-        image[tuple(index)] = plane
+        plane = read_npz(cache_dir / entry["file"], ("image",), "slice file")["image"][channel]
+        take_slice(image, entry["axis"], entry["slice_idx"])[...] = plane  # a view: writes into ``image``
     sdf_path = cache_dir / case["sdf_path"]
     if not sdf_path.is_file():
         raise InputError(f"{sdf_path}: signed distance file missing from the cache")

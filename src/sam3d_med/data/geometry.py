@@ -64,7 +64,7 @@ def take_slice(volume: np.ndarray, axis: int, index: int, leading: int = 0) -> n
     return volume[(slice(None),) * (leading + axis) + (index,)]
 
 
-def grown_bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
     """Slices of the smallest box holding every True voxel of a non-empty N-D mask, grown by
     ``margin`` voxels on each side and clipped to the array.
 

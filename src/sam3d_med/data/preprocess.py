@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io.atomic import (atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_text, npy_bytes, npz_bytes,
-                         remove_stale_temporaries)
+from ..io.atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temporaries
+from ..io.npz import npy_bytes, npz_bytes
 from ..io.nifti import load_volume, voxel_spacing_mm
 from .classes import DEFAULT_CLASS_NAMES, find_class_names
 from .geometry import resample_isotropic, take_slice, world_grid
@@ -150,12 +150,12 @@ def _write_slices(out_dir: Path, case_id: str, sdf_rel: str, image3: np.ndarray,
     """Write the slice files of one case (every slice with foreground along each axis); returns
     their manifest entries. ``image3``/``world`` are (3, I, J, K), ``label`` is [i, j, k]."""
     # Members equal in all of a case's slice files are encoded once.
-    shared = {"affine": npy_bytes(np.asarray(affine, dtype=np.float64)),
-              "gt_sdf_path": npy_bytes(np.str_(sdf_rel)), "case_id": npy_bytes(np.str_(case_id))}
+    case_members = {"affine": npy_bytes(np.asarray(affine, dtype=np.float64)),
+                    "gt_sdf_path": npy_bytes(np.str_(sdf_rel)), "case_id": npy_bytes(np.str_(case_id))}
     deflate = True if options.compress else SLICE_DEFLATED_MEMBERS
     entries = []
     for axis in options.axes:
-        axis_bytes = npy_bytes(np.int64(axis))
+        axis_member = npy_bytes(np.int64(axis))
         for idx in range(label.shape[axis]):
             mask = take_slice(label, axis, idx)
             if not mask.any():
@@ -165,11 +165,9 @@ def _write_slices(out_dir: Path, case_id: str, sdf_rel: str, image3: np.ndarray,
                 "image": take_slice(image3, axis, idx, leading=1),
                 "mask": np.ascontiguousarray(mask, dtype=np.uint8),
                 "pointmap": take_slice(world, axis, idx, leading=1),
-                "affine": shared["affine"],
                 "slice_idx": np.int64(idx),
-                "axis": axis_bytes,
-                "gt_sdf_path": shared["gt_sdf_path"],
-                "case_id": shared["case_id"],
+                "axis": axis_member,
+                **case_members,
             }
             atomic_write_bytes(out_dir / name, npz_bytes(members, deflate=deflate))
             written.append(out_dir / name)

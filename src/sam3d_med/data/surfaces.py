@@ -8,7 +8,7 @@ from scipy import ndimage
 from skimage import measure
 
 from ..io.nifti import voxel_spacing_mm
-from .geometry import grown_bounding_box, voxel_to_world
+from .geometry import bounding_box, voxel_to_world
 
 
 def distance_to_background_mm(mask_ijk: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
@@ -51,7 +51,7 @@ def signed_distance_mm(mask_ijk: np.ndarray, spacing_mm: np.ndarray) -> np.ndarr
     # box, the nearest background voxel is never farther than that one-voxel background ring
     # (project any farther background voxel onto the ring: every coordinate difference shrinks).
     # Exact, and ~40x cheaper than a transform of the whole volume for a small structure.
-    box = grown_bounding_box(mask, margin=1)
+    box = bounding_box(mask, margin=1)
     inside = distance_to_background_mm(mask[box], spacing)
     sdf[box] -= inside
     return sdf.astype(np.float32)
@@ -70,7 +70,7 @@ def mask_surface_mesh(sdf_ijk_mm: np.ndarray, affine: np.ndarray) -> trimesh.Tri
         return None
     # Only the mask's bounding box (grown by one voxel, then padded with "outside") can hold
     # surface: marching cubes on that box is ~10x cheaper than on the whole volume.
-    box = grown_bounding_box(inside, margin=1)
+    box = bounding_box(inside, margin=1)
     origin = np.array([s.start for s in box], dtype=np.float64) - 1.0  # -1: the padding
     pad_value = float(np.abs(sdf_ijk_mm).max())
     padded = np.pad(sdf_ijk_mm[box], 1, mode="constant", constant_values=pad_value)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from ..data.geometry import grown_bounding_box
+from ..data.geometry import bounding_box
 from ..data.surfaces import distance_to_background_mm
 
 DEFAULT_NSD_TOLERANCES_MM = (1.0, 3.0, 6.0)
@@ -55,7 +55,7 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing_mm,
     out = {"dice": 2.0 * np.count_nonzero(pred & truth) / (n_pred + n_truth)}
     # Distances only involve boundary voxels, all inside the union's bounding box; one voxel of margin
     # keeps the erosion's neighbourhood, so cropping changes no value and saves most of the work.
-    box = grown_bounding_box(pred | truth, margin=1)
+    box = bounding_box(pred | truth, margin=1)
     pred, truth = pred[box], truth[box]
     d_pred = directed_distances_mm(pred, truth, spacing_mm)
     d_truth = directed_distances_mm(truth, pred, spacing_mm)

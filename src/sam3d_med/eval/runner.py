@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 
 from .. import __version__
 from ..data.dataset import SliceClassDataset, cached_case_volumes, load_manifest, split_cases
+from ..data.geometry import bounding_box
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_json, atomic_write_text
 from ..train.losses import CONDITION_KEYS
@@ -45,6 +46,16 @@ from .metrics import DEFAULT_NSD_TOLERANCES_MM, segmentation_metrics, summarize
 METHODS = ("model", "mean_shape", "extrude")
 POLICIES = ("max_area", "center")
 VIZ_DIR = "visualizations"
+
+
+def case_figure_path(viz_dir: Path, case_id: str) -> Path:
+    """A case's comparison grid in ``VIZ_DIR`` (written with ``save_viz``, embedded by the report)."""
+    return Path(viz_dir) / f"{case_id}.png"
+
+
+def case_volumes_path(viz_dir: Path, case_id: str) -> Path:
+    """A case's compact volumes in ``VIZ_DIR``, from which the report draws its surfaces."""
+    return Path(viz_dir) / f"{case_id}_volumes.npz"
 
 
 @dataclasses.dataclass
@@ -94,10 +105,9 @@ class TrainingPriors:
             for c in classes:
                 occ = np.asarray(sdf[c - 1] < 0)
                 sums[c] = sums.get(c, 0) + occ.astype(np.float64)
-                for axis in range(3):
-                    present = np.flatnonzero(occ.any(axis=tuple(a for a in range(3) if a != axis)))
-                    if present.size:
-                        extents[c][axis].append(present[-1] - present[0] + 1)
+                if occ.any():
+                    for axis, span in enumerate(bounding_box(occ, margin=0)):
+                        extents[c][axis].append(span.stop - span.start)
         for c in classes:
             self.mean_occupancy[c] = sums[c] / len(cases) >= 0.5
             self.extent[c] = [int(np.median(e)) if e else 1 for e in extents[c]]
@@ -161,7 +171,7 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Pa
     viz_axis = 2 if 2 in axes else axes[-1]  # figures show the reconstructions from axial slices when cached
     for case in cases:
         done_path = cases_dir / f"{case['case_id']}.json"
-        figure_missing = options.save_viz and not (viz_dir / f"{case['case_id']}.png").is_file()
+        figure_missing = options.save_viz and not case_figure_path(viz_dir, case["case_id"]).is_file()
         if done_path.is_file() and not figure_missing:
             done = json.loads(done_path.read_text())
             if done.get("protocol_id") == protocol["id"]:
@@ -208,20 +218,20 @@ def _case_visuals(data_root: Path, case: dict, viz_dir: Path, axis: int, logits:
                   records: list[dict]) -> None:
     """The case's comparison grid (``<case>.png``) and the volumes the report draws its surfaces from
     (``<case>_volumes.npz``): each class as reconstructed from its chosen slice along ``axis``."""
-    from ..viz.comparison import save_case_volumes, write_case_visuals
+    from ..viz.comparison import only_classes, save_case_volumes, write_case_visuals
     from ..viz.slices import view_name
 
     if not logits:
         return
     image, labels, affine = cached_case_volumes(data_root, case)
-    labels = np.where(np.isin(labels, list(logits)), labels, 0).astype(np.uint8)  # only what was reconstructed
+    labels = only_classes(labels, logits)
     dice = {r["class_id"]: r["dice"] for r in records if r["method"] == "model" and r["axis"] == axis}
     class_names = {c: names[str(c)] for c in logits}
     title = (f"{case['case_id']}: each class reconstructed from its {view_name(affine, axis)} slice "
              f"({'ijk'[axis]}): " + ", ".join(f"{class_names[c]} {slices[c]} (Dice {dice[c]:.2f})" for c in sorted(logits)))
-    write_case_visuals(viz_dir / f"{case['case_id']}.png", None, case["case_id"], image, affine, logits,
+    write_case_visuals(case_figure_path(viz_dir, case["case_id"]), None, case["case_id"], image, affine, logits,
                        class_names, true_labels_ijk=labels, title=title)
-    save_case_volumes(viz_dir / f"{case['case_id']}_volumes.npz", logits, labels, affine)
+    save_case_volumes(case_volumes_path(viz_dir, case["case_id"]), logits, labels, affine)
 
 
 def _installed(distribution: str) -> str:

@@ -8,15 +8,15 @@ a killed run can be found and removed (``remove_stale_temporaries``).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
-from typing import Any, Collection, Iterator, Mapping
+from typing import Any, Iterator
 
 import numpy as np
+
+from .npz import npy_bytes, npz_bytes
 
 TMP_MARKER = ".tmp-sam3d-"
 
@@ -75,40 +75,7 @@ def atomic_write_json(target: str | os.PathLike, obj: Any, indent: int | None = 
 
 
 def atomic_save_npy(target: str | os.PathLike, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    atomic_write_bytes(target, buf.getvalue())
-
-
-def npy_bytes(array: Any) -> bytes:
-    """The bytes of a ``.npy`` file of ``array`` (what ``np.save`` writes; no pickled objects)."""
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.asanyarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
-# Fixed member time stamp: the same arrays always give the same bytes (re-runs are reproducible).
-_NPZ_MEMBER_TIME = (1980, 1, 1, 0, 0, 0)
-
-
-def npz_bytes(arrays: Mapping[str, Any], deflate: Collection[str] | bool = (), level: int = 1) -> bytes:
-    """The bytes of an ``.npz`` archive of ``arrays``, as ``np.savez`` writes it (``np.load`` reads it).
-
-    A value is an array or scalar, or the ready ``npy_bytes`` of one (a caller writing many archives
-    that share a member encodes it once). ``deflate`` names the members stored zlib-compressed at
-    ``level`` (``True``: all, as ``np.savez_compressed``); the others are stored as they are. Per-member
-    choice matters for the slice cache: a pointmap (a smooth function of the pixel index) shrinks
-    ~70x at level 1 for little CPU, while a noisy CT image shrinks only ~3x at four times the cost.
-    """
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", allowZip64=True) as archive:
-        for key, value in arrays.items():
-            member = zipfile.ZipInfo(f"{key}.npy", date_time=_NPZ_MEMBER_TIME)
-            packed = deflate is True or (deflate is not False and key in deflate)
-            member.compress_type = zipfile.ZIP_DEFLATED if packed else zipfile.ZIP_STORED
-            data = value if isinstance(value, bytes) else npy_bytes(value)
-            archive.writestr(member, data, compresslevel=level if packed else None)
-    return buf.getvalue()
+    atomic_write_bytes(target, npy_bytes(array))
 
 
 def atomic_save_npz(target: str | os.PathLike, compressed: bool = False, **arrays: Any) -> None:

@@ -21,6 +21,7 @@ from ..eval.metrics import segmentation_metrics
 from ..eval.predict import (canonical_resampled, canonical_slice, load_matching_label, read_mask_png,
                             reconstruct_logits, surface_of_logits, write_mesh)
 from ..io.atomic import atomic_save_npz
+from ..io.npz import read_npz
 from ..io.nifti import load_volume, voxel_spacing_mm
 from .slices import comparison_figure, labels_from_logits, save_figure
 
@@ -28,6 +29,13 @@ from .slices import comparison_figure, labels_from_logits, save_figure
 def mesh_path(mesh_dir: Path, stem: str, class_id: int, kind: str) -> Path:
     """``<stem>_class<c>_<kind>.obj`` with kind "pred" or "true"."""
     return Path(mesh_dir) / f"{stem}_class{class_id}_{kind}.obj"
+
+
+def only_classes(labels_ijk: np.ndarray, classes) -> np.ndarray:
+    """uint8 labels with every value outside ``classes`` set to background: a comparison covers the
+    structures that were reconstructed, not the others (they were never asked for)."""
+    labels = np.asarray(labels_ijk)
+    return np.where(np.isin(labels, list(classes)), labels, 0).astype(np.uint8)
 
 
 def case_surfaces(logits_by_class: dict[int, np.ndarray], affine: np.ndarray,
@@ -105,8 +113,7 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
     logits_by_class = dict(zip(classes, logits))
     scores = {}
     if true_labels is not None:
-        # Only the reconstructed structures are compared (the others were never asked for).
-        true_labels = np.where(np.isin(true_labels, classes), true_labels, 0).astype(np.uint8)
+        true_labels = only_classes(true_labels, classes)
         spacing = voxel_spacing_mm(view.image.affine)
         scores = {c: segmentation_metrics(logits_by_class[c] > 0, true_labels == c, spacing) for c in classes}
     names = {c: class_names.get(c, f"class {c}") for c in classes}
@@ -134,9 +141,7 @@ def save_case_volumes(path: str | Path, logits_by_class: dict[int, np.ndarray], 
 
 def load_case_volumes(path: str | Path) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
     """(logits by class, true labels [i, j, k], affine) as written by ``save_case_volumes``."""
-    try:
-        with np.load(path) as npz:  # each npz[key] decompresses its array again: read each once
-            classes, logits, true_labels, affine = npz["classes"], npz["logits"], npz["true_labels"], npz["affine"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable case volumes ({type(exc).__name__})") from None
-    return {int(c): logits[n].astype(np.float32) for n, c in enumerate(classes)}, true_labels, affine
+    arrays = read_npz(path, ("classes", "logits", "true_labels", "affine"), "case volumes")
+    logits = arrays["logits"]
+    return ({int(c): logits[n].astype(np.float32) for n, c in enumerate(arrays["classes"])}, arrays["true_labels"],
+            arrays["affine"])

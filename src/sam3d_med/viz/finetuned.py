@@ -131,10 +131,8 @@ def reconstruct_from_png(model, image_png: str | Path, mask_png: str | Path, out
     left.set_yticks([])
     volume_image = np.full(shape, np.nan, dtype=np.float32)
     volume_labels = np.zeros(shape, dtype=np.uint8)
-    in_slice = [slice(None)] * 3
-    in_slice[axis] = index
-    volume_image[tuple(in_slice)] = image_grid[0]
-    volume_labels[tuple(in_slice)] = mask_grid * label
+    take_slice(volume_image, axis, index)[...] = image_grid[0]  # views: these write into the volumes
+    take_slice(volume_labels, axis, index)[...] = mask_grid * label
     draw_slice(right, volume_image, affine, axis, index, labels_ijk=volume_labels)
     right.set_title(f"as the model sees it: {resolution}x{resolution} px of {spacing_mm:g} mm", fontsize=9)
     fig.suptitle(assumption, fontsize=8, wrap=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..eval.runner import VIZ_DIR, case_figure_path, case_volumes_path
 from ..io.atomic import atomic_write_text
 from .comparison import case_surfaces, load_case_volumes
 from .palette import class_colour_hex
@@ -165,7 +166,7 @@ def _surfaces_view(viz_dir: Path, cases: list[str], class_names: dict[int, str],
     fig = go.Figure()
     owners, simplified = [], 0
     for case in cases:
-        logits, true_labels, affine = load_case_volumes(viz_dir / f"{case}_volumes.npz")
+        logits, true_labels, affine = load_case_volumes(case_volumes_path(viz_dir, case))
         surfaces = case_surfaces(logits, affine, true_labels)
         for c in sorted(surfaces):
             name = class_names.get(c, f"class {c}")
@@ -200,7 +201,7 @@ def _surfaces_view(viz_dir: Path, cases: list[str], class_names: dict[int, str],
 def _figures(viz_dir: Path, cases: list[str], case_dice: dict[str, float]) -> str:
     parts = []
     for case in cases:
-        data = base64.b64encode((viz_dir / f"{case}.png").read_bytes()).decode("ascii")
+        data = base64.b64encode(case_figure_path(viz_dir, case).read_bytes()).decode("ascii")
         parts.append(f'<figure><img alt="{html.escape(case)}" src="data:image/png;base64,{data}">'
                      f"<figcaption>{html.escape(case)}: mean model Dice {case_dice.get(case, math.nan):.3f}</figcaption></figure>")
     return "\n".join(parts)
@@ -239,9 +240,9 @@ def build_report(eval_dir: str | Path, max_figures: int = 20, max_3d_cases: int 
     case_dice = _case_dice(records)
     ordered = sorted(case_dice, key=lambda c: (case_dice[c], c))  # worst first
 
-    viz_dir = eval_dir / "visualizations"
-    with_figure = [c for c in ordered if (viz_dir / f"{c}.png").is_file()]
-    with_meshes = [c for c in ordered if (viz_dir / f"{c}_volumes.npz").is_file()]
+    viz_dir = eval_dir / VIZ_DIR
+    with_figure = [c for c in ordered if case_figure_path(viz_dir, c).is_file()]
+    with_meshes = [c for c in ordered if case_volumes_path(viz_dir, c).is_file()]
     missing = ('<p class="note">This evaluation was run without <code>--save_viz</code>: run '
                '<code>scripts/eval_medical.py ... --save_viz</code> on the same output folder (scored cases are kept) '
                "to add the per-case figures and surfaces.</p>")

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..data.geometry import take_slice
+from ..data.geometry import bounding_box, take_slice
 from ..io.atomic import atomic_path
 from ..io.nifti import voxel_spacing_mm
 from .palette import class_colour, error_codes, legend_handles, rgba_of_errors, rgba_of_labels
@@ -44,10 +44,9 @@ def display_slices(labels_ijk: np.ndarray, per_axis: int = 3, include: tuple[int
     the foreground (the centre when there is none); ``include`` (axis, index) replaces the nearest one."""
     chosen = []
     foreground = np.asarray(labels_ijk) != 0
+    box = bounding_box(foreground, margin=0) if foreground.any() else None
     for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        present = np.flatnonzero(foreground.any(axis=other))
-        lo, hi = (present[0], present[-1]) if present.size else ((labels_ijk.shape[axis] - 1) / 2,) * 2
+        lo, hi = (box[axis].start, box[axis].stop - 1) if box else ((labels_ijk.shape[axis] - 1) / 2,) * 2
         picks = [int(round(lo + (hi - lo) * (n + 1) / (per_axis + 1))) for n in range(per_axis)]
         if include is not None and include[0] == axis:
             nearest = int(np.argmin([abs(p - include[1]) for p in picks]))
