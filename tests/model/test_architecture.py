@@ -90,15 +90,17 @@ def test_full_preset_key_layout(full_model_on_meta, component):
 
 def test_condition_token_count_of_the_official_sizes():
     cfg = get_preset("sam3d")
-    dino_tokens = 1 + (cfg.image_vit.img_size // cfg.image_vit.patch_size) ** 2
+    dino_tokens = 1 + (cfg.image_vit.input_size // cfg.image_vit.patch_size) ** 2  # 770 px: 1 + 55^2
     point_tokens = (cfg.point.input_size // cfg.point.patch_size) ** 2
-    assert 4 * dino_tokens + 2 * point_tokens == 7528
+    assert dino_tokens == 3026 and 4 * dino_tokens + 2 * point_tokens == cfg.condition_tokens == 14_152
+    stored = 1 + (cfg.image_vit.img_size // cfg.image_vit.patch_size) ** 2  # the checkpoint's pos_embed grid
+    assert 4 * stored + 2 * point_tokens == 7528
 
 
 def test_tiny_forward_shapes(tiny_model):
     cond = tiny_model.condition_embedder(**condition_inputs())
     cfg = tiny_model.cfg
-    expected_tokens = 4 * (1 + (cfg.image_vit.img_size // cfg.image_vit.patch_size) ** 2) \
+    expected_tokens = 4 * (1 + (cfg.image_vit.input_size // cfg.image_vit.patch_size) ** 2) \
         + 2 * (cfg.point.input_size // cfg.point.patch_size) ** 2
     assert cond.shape == (2, expected_tokens, cfg.cond_dim)
     latents = random_latents(tiny_model)

@@ -5,9 +5,12 @@ import pytest
 import torch
 import yaml
 
+from sam3d_med.errors import ConfigError
+
 from sam3d_med.model.checkpoint import (CONDITION_PREFIX, FILES, GENERATOR_PREFIX, CheckpointError, build_from_folder,
                                         load_official_checkpoints, read_state_dict, save_official_layout)
-from sam3d_med.model.config import apply_official_yaml, get_preset
+from sam3d_med.model.config import get_preset
+from sam3d_med.model.official_yaml import apply_official_yaml, official_yaml_documents
 from sam3d_med.model.flow_transformer import SHAPE
 from sam3d_med.model.sam3d import SparseStructureModel
 from tests.model.conftest import condition_inputs, random_latents
@@ -102,15 +105,50 @@ def test_truncated_corrupt_and_foreign_files(tiny_model, tmp_path):
 
 
 def test_sizes_and_sampler_are_read_from_official_yaml(tmp_path):
-    (tmp_path / "ss_generator.yaml").write_text(yaml.safe_dump(
-        {"module": {"generator": {"backbone": {"model_channels": 768, "num_blocks": 12, "num_heads": 12}}}}))
+    """The nodes are found by what they hold, inside the official wrappers (ShortCut ->
+    ClassifierFreeGuidance -> MOT; EmbedderFuser with its embedder_list)."""
+    dino = {"_target_": "...Dino", "input_size": 770, "dino_model": "dinov2_vitl14_reg"}
+    fuser = {"embedder_list": [[dino, [["image", "cropped"], ["rgb_image", "full"]]],
+                               [{"backbone": dict(dino)}, [["mask", "cropped"], ["rgb_image_mask", "full"]]],
+                               [{"input_size": 256, "patch_size": 8, "embed_dim": 512, "remap_output": "linear"},
+                                [["pointmap", "cropped"], ["rgb_pointmap", "full"]]]],
+             "projection_net_hidden_dim_multiplier": 4.0, "dropout_prob": 0.2,
+             "drop_modalities_weight": [[["pointmap", "rgb_pointmap"], 1.0]]}
+    mot = {"model_channels": 768, "num_blocks": 12, "num_heads": 12, "cond_channels": 1024, "use_fp16": False,
+           "latent_mapping": {"shape": {"in_channels": 8, "pos_embedder": {"resolution": 16}}}}
+    generator = {"inference_steps": 30, "reverse_fn": {"p_unconditional": 0.15, "strength": 5.0, "backbone": mot}}
+    (tmp_path / "ss_generator.yaml").write_text(yaml.safe_dump({"module": {
+        "generator": {"backbone": generator}, "condition_embedder": {"backbone": fuser},
+        "pose_target_convention": "ScaleShiftInvariant"}}))
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(
         {"ss_inference_steps": 12, "ss_cfg_strength": 5, "ss_cfg_interval": [0, 600]}))
+    (tmp_path / "ss_encoder.yaml").write_bytes(b"")  # the release's placeholder is not read
     cfg = get_preset("sam3d")
+    cfg.image_vit.input_size = cfg.mask_vit.input_size = 518
     changed = apply_official_yaml(cfg, tmp_path)
-    assert (cfg.flow.model_channels, cfg.flow.num_blocks, cfg.flow.num_heads) == (768, 12, 12)
+    assert (cfg.flow.model_channels, cfg.flow.num_blocks, cfg.flow.num_heads, cfg.flow.use_fp16) == (768, 12, 12, False)
+    assert cfg.image_vit.input_size == cfg.mask_vit.input_size == 770 and cfg.condition_tokens == 14_152
+    assert (cfg.objective.cond_drop_prob, cfg.objective.modality_dropout_prob) == (0.15, 0.2)
+    # pipeline.yaml's sampler settings win over the generator's, as in the official pipeline
     assert (cfg.sampler.steps, cfg.sampler.cfg_strength, cfg.sampler.cfg_interval) == (12, 5.0, (0.0, 600.0))
-    assert "flow.num_blocks=12" in changed
+    assert "flow.num_blocks=12" in changed and "image_vit.input_size=770" in changed
+    # an embedder layout other than the one implemented is refused by name
+    fuser["embedder_list"][2][1] = [["depth", "cropped"], ["rgb_depth", "full"]]
+    (tmp_path / "ss_generator.yaml").write_text(yaml.safe_dump({"module": {"condition_embedder": {"backbone": fuser}}}))
+    with pytest.raises(ConfigError, match="not the layout this model implements"):
+        apply_official_yaml(get_preset("sam3d"), tmp_path)
+
+
+@pytest.mark.parametrize("preset", ["sam3d", "tiny"])
+def test_official_yaml_written_and_read_back_gives_the_same_sizes(tmp_path, preset):
+    config = get_preset(preset)
+    config.objective.modality_dropout_prob = 0.05
+    for name, document in official_yaml_documents(config, {}).items():
+        (tmp_path / name).write_text(yaml.safe_dump(document))
+    read = get_preset("sam3d")
+    apply_official_yaml(read, tmp_path)
+    read.name = config.name
+    assert read == config
 
 
 def test_model_info_command_prints_counts_without_weights():
@@ -118,3 +156,6 @@ def test_model_info_command_prints_counts_without_weights():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "ss_generator (total)" in done.stdout and "1,594" in done.stdout and "ss_decoder" in done.stdout
+    # without YAML files: the released Dino input size
+    assert "Dino input 770 px (position embedding stored for 518 px)" in done.stdout
+    assert "14,152 condition tokens x 1024" in done.stdout

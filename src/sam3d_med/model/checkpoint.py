@@ -1,18 +1,29 @@
-"""Loading (and, for tests and export, writing) the official SAM 3D Objects checkpoint files.
+"""Loading (and, for tests, export and the rehearsal release, writing) the official SAM 3D Objects
+checkpoint files.
 
 Containers, as released:
-- ``ss_generator.ckpt``: torch pickle ``{"state_dict": {...}}``; the flow transformer's keys start
-  with ``GENERATOR_PREFIX``, the condition embedder's with ``CONDITION_PREFIX``.
-- ``ss_decoder.ckpt``: a flat state dict (possibly wrapped in ``state_dict``).
-- ``ss_encoder.safetensors``: a flat state dict.
-Files may be fp16; tensors are cast to the model's dtype while copied in. Files are read with
-``weights_only=True`` and memory-mapped where the format allows, so the model and a second full
-copy of the weights are never both in memory.
+- ``ss_generator.ckpt``: a PyTorch-Lightning checkpoint: ``state_dict`` (the flow transformer's keys
+  start with ``GENERATOR_PREFIX``, the condition embedder's with ``CONDITION_PREFIX``) beside other
+  entries Lightning writes (``hyper_parameters``, often an OmegaConf ``DictConfig``,
+  ``pytorch-lightning_version``, loop and optimizer states...).
+- ``ss_decoder.ckpt``: a flat state dict (possibly wrapped in ``state_dict``), fp16.
+- ``ss_encoder.safetensors`` (and ``ss_encoder.yaml``): 0-byte placeholders: Meta did not release
+  the encoder (``encoder_released`` says whether a folder has it).
+Files are read with ``weights_only=True``; a Lightning file that this refuses because of non-tensor
+metadata is read again by a restricted unpickler that rebuilds only what ``weights_only`` allows
+(tensors, containers, dtypes), stands an inert placeholder in for every other object, and never runs
+code from the file; one line says what was skipped. The official loader uses ``weights_only=False``,
+which runs whatever the file names. Zip-format files are memory-mapped, so the model and a second
+full copy of the weights are never both in memory; fp16 tensors are cast to the model's dtype as
+they are copied in.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
+import logging
 import pickle
+import types
 import zipfile
 from pathlib import Path
 
@@ -25,29 +36,128 @@ from .sam3d import SparseStructureModel
 GENERATOR_PREFIX = "_base_models.generator.reverse_fn.backbone."
 CONDITION_PREFIX = "_base_models.condition_embedder."
 FILES = {"generator": "ss_generator.ckpt", "decoder": "ss_decoder.ckpt", "encoder": "ss_encoder.safetensors"}
+log = logging.getLogger("sam3d_med.model")
 
 
 class CheckpointError(InputError):
     """A checkpoint file is unreadable or does not match the model."""
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def encoder_released(folder: str | Path) -> bool:
+    """Whether ``folder`` holds the SS encoder's weights (not the release's 0-byte placeholder)."""
+    path = Path(folder) / FILES["encoder"]
+    return path.is_file() and path.stat().st_size > 0
+
+
+class _Skipped:
+    """Stands in for an object of a class the file names but that is not rebuilt: it accepts whatever
+    construction, state and items the pickle gives it, and does nothing with them."""
+
+    qualified_name = "?"
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+    def __repr__(self):
+        return f"<skipped {self.qualified_name}>"
+
+
+def _restricted_pickle_module(skipped: set[str]) -> types.ModuleType:
+    """A ``pickle_module`` for ``torch.load`` whose unpickler resolves only the globals that
+    ``weights_only=True`` allows and replaces every other class or function by a ``_Skipped`` type:
+    nothing named in the file is imported or called."""
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    allowed = _get_allowed_globals()
+    stand_ins: dict[str, type] = {}
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            # the Python 2 names that protocol-2 files use (torch saves with protocol 2), as pickle maps them
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
+            key = f"{module}.{name}"
+            if key in allowed:
+                return allowed[key]
+            skipped.add(key)
+            if key not in stand_ins:
+                stand_ins[key] = type(f"Skipped_{name}", (_Skipped,), {"qualified_name": key})
+            return stand_ins[key]
+
+    module = types.ModuleType("sam3d_med_restricted_pickle")
+    module.Unpickler = Unpickler
+    module.load = lambda file, **kwargs: Unpickler(file, **kwargs).load()
+    module.__dict__.update(HIGHEST_PROTOCOL=pickle.HIGHEST_PROTOCOL)
+    return module
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+def _torch_load(path: Path, log_fn) -> object:
+    mmap = zipfile.is_zipfile(path)  # only the zip format can be memory-mapped
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise
+    skipped: set[str] = set()
+    obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap,
+                     pickle_module=_restricted_pickle_module(skipped))
+    entries = [f"{key} ({_skipped_classes(value)})" for key, value in obj.items() if _skipped_classes(value)] \
+        if isinstance(obj, dict) else []
+    log_fn(f"{path.name}: checkpoint with non-tensor metadata (as PyTorch-Lightning writes): read its tensors "
+           f"without running code from the file; skipped {', '.join(entries) or ', '.join(sorted(skipped))}")
+    return obj
+
+
+def _skipped_classes(value, depth: int = 0) -> str:
+    """The classes of the placeholders in ``value`` ('' if none): the value's own, or those inside."""
+    if isinstance(value, _Skipped):
+        return value.qualified_name
+    if depth > 20:
+        return ""
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    found = sorted({name for item in items for name in [_skipped_classes(item, depth + 1)] if name})
+    return ", ".join(found)
+
+
+def read_state_dict(path: str | Path, log_fn=log.info) -> dict[str, torch.Tensor]:
     """Tensors of a ``.ckpt``/``.pt`` (``state_dict`` unwrapped) or ``.safetensors`` file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file is missing")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: 0-byte file (a placeholder, not weights)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        mmap = zipfile.is_zipfile(path)  # only the zip format can be memory-mapped
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        obj = _torch_load(path, log_fn)
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        first_line = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({type(exc).__name__}: {first_line})") from None
-    except Exception as exc:  # safetensors raises its own types for a corrupt header
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({type(exc).__name__}: {_one_line(exc)})") from None
+    except Exception as exc:  # safetensors and a damaged pickle raise their own types
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {_one_line(exc)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -85,12 +195,13 @@ def load_generator_checkpoint(model: SparseStructureModel, path: str | Path,
 
 
 def load_official_checkpoints(model: SparseStructureModel, folder: str | Path, components=("generator", "decoder", "encoder")) -> None:
-    """Load the official files from ``folder`` (the download's output) into ``model``."""
+    """Load the official files from ``folder`` (the download's output) into ``model``; the encoder
+    only where the model has one."""
     folder = Path(folder)
     if "generator" in components:
         load_generator_checkpoint(model, folder / FILES["generator"])
     for name in ("decoder", "encoder"):
-        if name in components:
+        if name in components and getattr(model, name) is not None:
             path = folder / FILES[name]
             _check_and_load(getattr(model, name), read_state_dict(path), path, name)
 
@@ -101,9 +212,11 @@ def build_from_folder(folder: str | Path, preset: str = "sam3d", device: str | t
 
     Sizes and sampler settings come from the YAML files when present (else the preset); whether the
     DINOv2 backbones carry ``mask_token`` (the official ``prune_network`` option removes it) is read
-    from the generator file itself.
+    from the generator file itself. Without released encoder weights (the real release: 0-byte
+    placeholders) the model has no encoder (``model.encoder is None``).
     """
-    from .config import apply_official_yaml, get_preset
+    from .config import get_preset
+    from .official_yaml import apply_official_yaml
 
     folder = Path(folder)
     config = get_preset(preset)
@@ -111,34 +224,67 @@ def build_from_folder(folder: str | Path, preset: str = "sam3d", device: str | t
     if changed:
         log(f"model sizes from {folder}: {', '.join(changed)}")
     generator_path = folder / FILES["generator"]
-    state = read_state_dict(generator_path)
+    state = read_state_dict(generator_path, log_fn=log)
     has_mask_token = any(k.endswith("backbone.mask_token") for k in state)
     config.image_vit.with_mask_token = config.mask_vit.with_mask_token = has_mask_token
+    with_encoder = encoder_released(folder)
+    if not with_encoder:
+        log(f"{FILES['encoder']}: not released by Meta (0-byte placeholder or absent): flow targets come from "
+            f"inverting the released decoder")
     with torch.device(device):
-        model = SparseStructureModel(config).to(dtype)
+        model = SparseStructureModel(config, with_encoder=with_encoder).to(dtype)
     load_generator_checkpoint(model, generator_path, state)
     del state
     load_official_checkpoints(model, folder, components=("decoder", "encoder"))
     return model
 
 
-def save_official_layout(model: SparseStructureModel, folder: str | Path, dtype: torch.dtype | None = None) -> None:
-    """Write ``model`` in the official container layout (tests, and export of merged weights)."""
+def lightning_container(state_dict: dict[str, torch.Tensor], hyper_parameters: dict) -> dict:
+    """What PyTorch-Lightning writes around a module's state dict (the release's generator file):
+    the hyper-parameters as an OmegaConf DictConfig, version, loop and callback states."""
+    from omegaconf import OmegaConf
+
+    return {"epoch": 0, "global_step": 0, "pytorch-lightning_version": "2.3.3", "state_dict": state_dict,
+            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 0, "completed": 0}}}},
+            "callbacks": {}, "optimizer_states": [], "lr_schedulers": [], "hparams_name": "kwargs",
+            "hyper_parameters": OmegaConf.create(hyper_parameters)}
+
+
+def save_official_layout(model: SparseStructureModel, folder: str | Path, dtype: torch.dtype | None = None,
+                         release: bool = False) -> None:
+    """Write ``model`` in the official layout: checkpoints and YAML files (official schema).
+
+    ``release=True`` packages it exactly as Meta's release is: a Lightning-style generator file, an
+    fp16 decoder, and 0-byte placeholders for the encoder (``ss_encoder.safetensors``,
+    ``ss_encoder.yaml``); otherwise plain state dicts in ``dtype`` with the encoder's weights (tests,
+    export of merged weights)."""
+    import yaml
     from safetensors.torch import save_file
 
-    from ..io.atomic import atomic_path
+    from ..io.atomic import atomic_path, atomic_write_bytes
+    from .official_yaml import DECODER_YAML, ENCODER_YAML, GENERATOR_YAML, official_yaml_documents
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
 
-    def cast(state):
-        return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    def cast(state, to=dtype):
+        return {k: (v.to(to) if to is not None and v.is_floating_point() else v).contiguous() for k, v in state.items()}
 
+    documents = official_yaml_documents(model.cfg, {
+        "ss_generator": (GENERATOR_YAML, FILES["generator"]), "ss_decoder": (DECODER_YAML, FILES["decoder"]),
+        "ss_encoder": (ENCODER_YAML, FILES["encoder"])})
+    for name, document in documents.items():
+        atomic_write_bytes(folder / name, yaml.safe_dump(document, sort_keys=False).encode())
     generator_state = {GENERATOR_PREFIX + k: v for k, v in cast(model.generator.state_dict()).items()}
     generator_state.update({CONDITION_PREFIX + k: v for k, v in cast(model.condition_embedder.state_dict()).items()})
+    container = lightning_container(generator_state, documents[GENERATOR_YAML]) if release else {"state_dict": generator_state}
     with atomic_path(folder / FILES["generator"]) as tmp:
-        torch.save({"state_dict": generator_state}, tmp)
+        torch.save(container, tmp)
     with atomic_path(folder / FILES["decoder"]) as tmp:
-        torch.save(cast(model.decoder.state_dict()), tmp)
-    with atomic_path(folder / FILES["encoder"]) as tmp:
-        save_file(cast(model.encoder.state_dict()), str(tmp))
+        torch.save(cast(model.decoder.state_dict(), torch.float16 if release else dtype), tmp)
+    if release or model.encoder is None:
+        for name in (FILES["encoder"], ENCODER_YAML):
+            atomic_write_bytes(folder / name, b"")
+    else:
+        with atomic_path(folder / FILES["encoder"]) as tmp:
+            save_file(cast(model.encoder.state_dict()), str(tmp))

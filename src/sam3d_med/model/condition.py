@@ -1,11 +1,17 @@
 """Condition embedder of the sparse-structure stage (the official ``EmbedderFuser`` layout).
 
-Streams, in this order (token counts for the official sizes):
-  module 0, DINOv2 on images:  ``image`` (crop) 1370, ``rgb_image`` (full frame) 1370
-  module 1, DINOv2 on masks:   ``mask`` (crop) 1370, ``rgb_image_mask`` (full) 1370
+Streams, in this order (token counts for the released sizes, Dino input 770 px):
+  module 0, DINOv2 on images:  ``image`` (crop) 3026, ``rgb_image`` (full frame) 3026
+  module 1, DINOv2 on masks:   ``mask`` (crop) 3026, ``rgb_image_mask`` (full) 3026
   module 2, PointPatchEmbed:   ``pointmap`` (crop) 1024, ``rgb_pointmap`` (full) 1024
 Each stream goes through its module's projection net (LayerNorm + SwiGLU, no bias) to ``cond_dim``
-and gets ``idx_emb[0]`` (crop) or ``idx_emb[1]`` (full); the streams are concatenated: 7528 tokens.
+and gets ``idx_emb[0]`` (crop) or ``idx_emb[1]`` (full); the streams are concatenated: 14,152 tokens
+(7,528 were the Dino input at its stored 518 px).
+
+In training mode the fuser drops modalities as the official one does (``dropout_prob`` and
+``drop_modalities_weight`` of ss_generator.yaml, here ``objective.modality_dropout_prob`` and
+``objective.modality_dropout``): per sample, with that probability, one of the listed groups of
+streams (chosen by weight; released: the two pointmap streams) has its tokens zeroed.
 """
 
 from __future__ import annotations
@@ -16,14 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, PointEmbedConfig, ViTConfig
+from .config import EMBEDDER_INPUTS, ModelConfig, PointEmbedConfig, ViTConfig
 from .vit import Block, DinoVisionTransformer
 
-STREAMS = (  # (module index, input name, position group)
-    (0, "image", 0), (0, "rgb_image", 1),
-    (1, "mask", 0), (1, "rgb_image_mask", 1),
-    (2, "pointmap", 0), (2, "rgb_pointmap", 1),
-)
+# (module index, input name, position group: 0 crop, 1 full frame), in token order
+STREAMS = tuple((module, name, group) for module, names in enumerate(EMBEDDER_INPUTS) for group, name in enumerate(names))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -51,7 +54,7 @@ class DinoEmbedder(nn.Module):
         super().__init__()
         self.backbone = DinoVisionTransformer(cfg)
         self.embed_dim = cfg.embed_dim
-        self.input_size = cfg.img_size
+        self.input_size = cfg.input_size
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -119,6 +122,7 @@ class ConditionEmbedder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.objective = cfg.objective
         self.module_list = nn.ModuleList([DinoEmbedder(cfg.image_vit), DinoEmbedder(cfg.mask_vit),
                                           PointPatchEmbed(cfg.point)])
         self.embed_dim = cfg.cond_dim
@@ -128,14 +132,34 @@ class ConditionEmbedder(nn.Module):
         n_groups = 1 + max(group for _, _, group in STREAMS)
         self.idx_emb = nn.Parameter(torch.randn(n_groups + 1, cfg.cond_dim) / math.sqrt(cfg.cond_dim))
 
-    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+    def dropped_streams(self, batch: int, generator: torch.Generator | None = None,
+                        device=None) -> dict[str, torch.Tensor]:
+        """Training-time modality dropout: input name -> (B,) keep factor (1 kept, 0 dropped)."""
+        keep = {name: torch.ones(batch, device=device) for _, name, _ in STREAMS}
+        groups = self.objective.modality_dropout
+        probability = self.objective.modality_dropout_prob
+        if not (self.training and probability > 0 and groups):
+            return keep
+        weights = torch.tensor([1.0 - probability] + [probability * w / sum(w for _, w in groups) for _, w in groups],
+                               device=generator.device if generator is not None else "cpu")
+        choice = torch.multinomial(weights, batch, replacement=True, generator=generator).to(device)
+        for index, (names, _) in enumerate(groups, start=1):
+            for name in names:
+                keep[name] = keep[name] * (choice != index).float()
+        return keep
+
+    def forward(self, generator: torch.Generator | None = None, **inputs: torch.Tensor) -> torch.Tensor:
         """Inputs by name (see ``STREAMS``): images (B,3,H,W) and masks (B,1,H,W) in [0,1], pointmaps
-        (B,3,H,W) normalised (NaN = no point). Returns condition tokens (B, T, cond_dim)."""
+        (B,3,H,W) normalised (NaN = no point). Returns condition tokens (B, T, cond_dim).
+        ``generator`` draws the training-time modality dropout (the global RNG when None)."""
         missing = [name for _, name, _ in STREAMS if name not in inputs]
         if missing:
             raise ValueError(f"condition inputs missing: {missing}")
+        batch = inputs[STREAMS[0][1]].shape[0]
+        keep = self.dropped_streams(batch, generator, self.idx_emb.device)
         tokens = []
         for module_index, name, group in STREAMS:
             x = self.projection_nets[module_index](self.module_list[module_index](inputs[name]))
-            tokens.append(x + self.idx_emb[group].to(x.dtype))
+            x = x + self.idx_emb[group].to(x.dtype)
+            tokens.append(x * keep[name].to(x.dtype).view(-1, 1, 1))
         return torch.cat(tokens, dim=1)

@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import yaml
 
 from ..errors import ConfigError
 
 
+# The condition embedder's modules in order (DINOv2 on images, DINOv2 on masks, PointPatchEmbed) and
+# the inputs each embeds: (crop, full frame); position groups "cropped" (idx_emb 0) and "full" (1).
+EMBEDDER_INPUTS = (("image", "rgb_image"), ("mask", "rgb_image_mask"), ("pointmap", "rgb_pointmap"))
+
+# The released Dino wrappers resize every image and mask to this size (ss_generator.yaml's
+# ``input_size``); the ViT's stored position embedding is for 518 px and is interpolated at run time.
+RELEASED_DINO_INPUT_SIZE = 770
+
+
 @dataclass
 class ViTConfig:
-    """DINOv2 ViT with registers (ViT-L/14 reg4 at 518 px in the official model)."""
+    """DINOv2 ViT with registers (ViT-L/14 reg4 in the official model).
+
+    ``img_size`` is the size the stored position embedding was made for (518 px: 37 x 37 patches,
+    ``pos_embed`` (1, 1370, C)); ``input_size`` is what the wrapper resizes its input to (770 in the
+    release: 55 x 55 patches, the position embedding interpolated as DINOv2 does, with its
+    ``interpolate_antialias`` and ``interpolate_offset``; ``*_reg`` hub models: antialias, offset 0).
+    """
 
     img_size: int = 518
     patch_size: int = 14
@@ -28,6 +40,14 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     num_register_tokens: int = 4
     with_mask_token: bool = True  # DINOv2's mask_token (unused at inference, present in hub weights)
+    input_size: int = RELEASED_DINO_INPUT_SIZE
+    interpolate_antialias: bool = True
+    interpolate_offset: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per image after the wrapper: CLS + patches (registers dropped)."""
+        return 1 + (self.input_size // self.patch_size) ** 2
 
 
 @dataclass
@@ -38,6 +58,10 @@ class PointEmbedConfig:
     num_heads: int = 16
     mlp_ratio: float = 2.0
     remap: str = "linear"  # "linear" or "exp" (the official remapper for camera-space points)
+
+    @property
+    def tokens(self) -> int:
+        return (self.input_size // self.patch_size) ** 2
 
 
 @dataclass
@@ -54,6 +78,9 @@ class FlowConfig:
     qk_rms_norm_cross: bool = False
     is_shortcut_model: bool = True
     use_checkpoint: bool = False  # gradient checkpointing per block
+    # The release converts the blocks to fp16 (``use_fp16: true``): on CUDA, sampling runs them under
+    # fp16 autocast; training uses bf16 autocast (no loss scaling needed; see README).
+    use_fp16: bool = True
 
 
 @dataclass
@@ -75,9 +102,19 @@ class SamplerConfig:
 
 @dataclass
 class TrainingObjectiveConfig:
+    """Training-time randomness, as in the official code.
+
+    ``cond_drop_prob``: ClassifierFreeGuidance's ``p_unconditional``, one coin flip per *batch* that
+    zeroes every condition token of it. ``modality_dropout_prob`` with ``modality_dropout``: the
+    EmbedderFuser's ``dropout_prob``/``drop_modalities_weight``, drawn per *sample*: with that
+    probability one of the listed groups of streams (chosen by weight) is zeroed (released: the two
+    pointmap streams, p = 0.1)."""
+
     logit_normal_mean: float = -1.0
     logit_normal_std: float = 1.0
     cond_drop_prob: float = 0.1
+    modality_dropout_prob: float = 0.1
+    modality_dropout: list = field(default_factory=lambda: [[["pointmap", "rgb_pointmap"], 1.0]])
 
 
 @dataclass
@@ -92,10 +129,16 @@ class ModelConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     objective: TrainingObjectiveConfig = field(default_factory=TrainingObjectiveConfig)
+    pose_convention: str = "ScaleShiftInvariant"  # ss_generator.yaml module.pose_target_convention
 
     @property
     def occupancy_resolution(self) -> int:
         return self.flow.resolution * 2 ** (len(self.vae.channels) - 1)
+
+    @property
+    def condition_tokens(self) -> int:
+        """Condition tokens per sample: crop and full frame of each of the three embedders."""
+        return 2 * (self.image_vit.tokens + self.mask_vit.tokens + self.point.tokens)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,7 +149,8 @@ def sam3d_preset() -> ModelConfig:
 
 
 def tiny_preset() -> ModelConfig:
-    vit = ViTConfig(img_size=56, patch_size=14, embed_dim=64, depth=2, num_heads=4, num_register_tokens=4)
+    vit = ViTConfig(img_size=56, patch_size=14, embed_dim=64, depth=2, num_heads=4, num_register_tokens=4,
+                    input_size=56)
     return ModelConfig(
         name="tiny",
         image_vit=vit,
@@ -129,58 +173,3 @@ def get_preset(name: str) -> ModelConfig:
     return PRESETS[name]()
 
 
-def _find(mapping, *keys):
-    """First value found for any of ``keys`` anywhere in a nested YAML mapping (depth-first)."""
-    if isinstance(mapping, dict):
-        for key in keys:
-            if key in mapping and not isinstance(mapping[key], (dict, list)):
-                return mapping[key]
-        for value in mapping.values():
-            found = _find(value, *keys)
-            if found is not None:
-                return found
-    elif isinstance(mapping, list):
-        for value in mapping:
-            found = _find(value, *keys)
-            if found is not None:
-                return found
-    return None
-
-
-def apply_official_yaml(config: ModelConfig, folder: str | Path) -> list[str]:
-    """Update ``config`` from the official YAML files in ``folder`` when they are present.
-
-    Reads the flow transformer's sizes from ``ss_generator.yaml`` and the sampler settings from
-    ``pipeline.yaml`` (by key name, wherever they sit in the file). Returns what was changed, for
-    the log. Keys that are absent leave the preset's value.
-    """
-    folder = Path(folder)
-    changed = []
-
-    def load(name):
-        path = folder / name
-        return yaml.safe_load(path.read_text()) if path.is_file() else None
-
-    generator = load("ss_generator.yaml")
-    if generator is not None:
-        for attr, keys in {"model_channels": ("model_channels",), "num_blocks": ("num_blocks",),
-                           "num_heads": ("num_heads",), "mlp_ratio": ("mlp_ratio",),
-                           "qk_rms_norm": ("qk_rms_norm",), "qk_rms_norm_cross": ("qk_rms_norm_cross",),
-                           "latent_channels": ("in_channels",)}.items():
-            value = _find(generator, *keys)
-            if value is not None and value != getattr(config.flow, attr):
-                setattr(config.flow, attr, type(getattr(config.flow, attr))(value))
-                changed.append(f"flow.{attr}={value}")
-    pipeline = load("pipeline.yaml")
-    if pipeline is not None:
-        for attr, key in {"steps": "ss_inference_steps", "rescale_t": "ss_rescale_t",
-                          "cfg_strength": "ss_cfg_strength"}.items():
-            value = _find(pipeline, key)
-            if value is not None and value != getattr(config.sampler, attr):
-                setattr(config.sampler, attr, type(getattr(config.sampler, attr))(value))
-                changed.append(f"sampler.{attr}={value}")
-        interval = pipeline.get("ss_cfg_interval") if isinstance(pipeline, dict) else None
-        if isinstance(interval, list) and len(interval) == 2:
-            config.sampler.cfg_interval = (float(interval[0]), float(interval[1]))
-            changed.append(f"sampler.cfg_interval={interval}")
-    return changed

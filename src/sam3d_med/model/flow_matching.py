@@ -2,9 +2,9 @@
 
 Convention (as in SAM3D): x_t = (1 - t) x0 + t x1 with x0 ~ N(0, I) noise and x1 the data, t in
 [0, 1]; the network predicts the velocity x1 - x0 and is called with model time t * 1000.
-Training draws t from a logit-normal (sigmoid of N(mean, std)) and zeroes the condition of each
-sample with probability ``cond_drop_prob`` (that is what the unconditional branch of classifier-free
-guidance sees). Sampling integrates from t = 0 to 1 with Euler steps on the warped time grid
+Training draws t from a logit-normal (sigmoid of N(mean, std)) and, with probability
+``cond_drop_prob``, zeroes the condition of the whole batch: one coin flip per batch, as the official
+ClassifierFreeGuidance does in training (that is what the unconditional branch of guidance sees). Sampling integrates from t = 0 to 1 with Euler steps on the warped time grid
 t' = t / (1 + (r - 1)(1 - t)) (more steps near the noise end for r > 1), with guidance
 v = (1 + w) v_cond - w v_uncond applied while model time lies inside ``cfg_interval``. The shortcut
 step size d is 0 (its embedding is still added).
@@ -39,8 +39,8 @@ def flow_matching_loss(backbone, x1: dict[str, torch.Tensor], cond: torch.Tensor
     some = next(iter(x1.values()))
     B, device = some.shape[0], some.device
     t = sample_logit_normal(B, cfg, generator, device)
-    keep = (torch.rand(B, generator=generator, device=device) >= cfg.cond_drop_prob).to(cond.dtype)
-    cond = cond * keep.view(B, 1, 1)
+    unconditional = torch.rand(1, generator=generator, device=device) < cfg.cond_drop_prob
+    cond = cond * (~unconditional).to(cond.dtype)
     x0 = {k: torch.randn(v.shape, generator=generator, device=device, dtype=v.dtype) for k, v in x1.items()}
     tb = {k: t.view(B, *([1] * (v.dim() - 1))).to(v.dtype) for k, v in x1.items()}
     x_t = {k: (1 - tb[k]) * x0[k] + tb[k] * x1[k] for k in x1}
@@ -67,7 +67,7 @@ def sample_latents(backbone, cond: torch.Tensor, latent_shapes: dict[str, tuple[
     """
     B, device = cond.shape[0], cond.device
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    x = {k: torch.randn((B, *s), generator=generator).to(device=device, dtype=cond.dtype)
+    x = {k: torch.randn((B, *s), generator=generator).to(device=device)  # float32 state, any model precision
          for k, s in latent_shapes.items()}
     uncond = torch.zeros_like(cond)
     grid = time_grid(cfg.steps, cfg.rescale_t).tolist()

@@ -2,8 +2,8 @@
 
 Latents (``LATENT_SPECS``): ``shape`` (B, R^3, 8) on the R^3 latent grid (R = 16 officially), and
 four pose latents of one token each. ``latent_mapping[name]`` projects each to the model width and
-adds its position embedding (fixed sinusoidal over the grid for ``shape``, a fixed random vector
-for the others). The four pose tokens are concatenated into one stream named
+adds its position embedding ``pos_emb``: the fixed sinusoid over the grid for ``shape`` (a buffer),
+a learned vector for each pose latent (a parameter, as the official ``LearntPositionEmbedder``). The four pose tokens are concatenated into one stream named
 ``6drotation_normalized`` (``POSE_STREAM``); so the blocks see two streams, ``shape`` (R^3 tokens)
 and the pose stream (4 tokens), each with its own weights (ModuleDicts keyed by stream name):
 
@@ -33,11 +33,19 @@ POSE_MEMBERS = ("6drotation_normalized", "translation", "scale", "translation_sc
 STREAMS = (SHAPE, POSE_STREAM)
 
 
+def layer_norm_float32(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm`` applied in float32 whatever the dtype of ``x`` and of its own weights (bf16 frozen
+    weights included), returned in the dtype of ``x``."""
+    weight = norm.weight.float() if norm.weight is not None else None
+    bias = norm.bias.float() if norm.bias is not None else None
+    return F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps).type(x.dtype)
+
+
 class LayerNorm32(nn.LayerNorm):
     """LayerNorm computed in float32 (stable under bf16/fp16 autocast)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        return layer_norm_float32(self, x)
 
 
 def sinusoidal_embedding(positions: torch.Tensor, channels: int) -> torch.Tensor:
@@ -65,13 +73,17 @@ class TimestepEmbedder(nn.Module):
 
 
 class Latent(nn.Module):
-    """One latent's input/output projection and its (fixed) position embedding buffer ``pos_emb``."""
+    """One latent's input/output projection and its position embedding ``pos_emb`` (tokens, width):
+    a learned parameter when ``learned``, else a fixed buffer."""
 
-    def __init__(self, channels: int, model_channels: int, pos_emb: torch.Tensor):
+    def __init__(self, channels: int, model_channels: int, pos_emb: torch.Tensor, learned: bool = False):
         super().__init__()
         self.input_layer = nn.Linear(channels, model_channels)
         self.out_layer = nn.Linear(model_channels, channels)
-        self.register_buffer("pos_emb", pos_emb)
+        if learned:
+            self.pos_emb = nn.Parameter(pos_emb)
+        else:
+            self.register_buffer("pos_emb", pos_emb)
         for layer in (self.input_layer, self.out_layer):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -193,7 +205,7 @@ class SparseStructureFlow(nn.Module):
         mapping = {SHAPE: Latent(cfg.latent_channels, C, sinusoidal_embedding(grid, C))}
         for name in POSE_MEMBERS:
             channels, tokens = LATENT_SPECS[name]
-            mapping[name] = Latent(channels, C, torch.randn(tokens, C))
+            mapping[name] = Latent(channels, C, torch.randn(tokens, C), learned=True)
         self.latent_mapping = nn.ModuleDict(mapping)
         self.t_embedder = TimestepEmbedder(C)
         if cfg.is_shortcut_model:

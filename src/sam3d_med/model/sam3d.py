@@ -3,7 +3,9 @@
 ``SparseStructureModel`` holds the four official components under the names used by the official
 files: ``condition_embedder`` (``_base_models.condition_embedder.*`` in ss_generator.ckpt),
 ``generator`` (``_base_models.generator.reverse_fn.backbone.*``), ``decoder`` (ss_decoder.ckpt) and
-``encoder`` (ss_encoder.safetensors).
+``encoder`` (ss_encoder.safetensors). Meta did not release the encoder (0-byte placeholder files):
+a model built from the release has ``encoder = None`` and its flow targets come from decoder
+inversion (``train.latent_targets``).
 """
 
 from __future__ import annotations
@@ -13,39 +15,44 @@ from torch import nn
 
 from .condition import ConditionEmbedder
 from .config import ModelConfig, get_preset
+from ..errors import ConfigError
 from .flow_matching import sample_latents
-from .flow_transformer import POSE_MEMBERS, SHAPE, SparseStructureFlow
+from .flow_transformer import SHAPE, SparseStructureFlow
+from .pose import check_convention, encode_pose, identity_pose
 from .vae import SparseStructureDecoder, SparseStructureEncoder, latent_cube_to_tokens, tokens_to_latent_cube
-
-# Pose targets for volumes already in their canonical frame: identity rotation (first two columns of
-# I as the 6-D representation), no translation, unit scale.
-CANONICAL_POSE = {"6drotation_normalized": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), "translation": (0.0, 0.0, 0.0),
-                  "scale": (1.0, 1.0, 1.0), "translation_scale": (1.0,)}
 
 
 class SparseStructureModel(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, with_encoder: bool = True):
         super().__init__()
         self.cfg = cfg
+        check_convention(cfg.pose_convention)
         self.condition_embedder = ConditionEmbedder(cfg)
         self.generator = SparseStructureFlow(cfg.flow, cfg.cond_dim)
         self.decoder = SparseStructureDecoder(cfg.vae)
-        self.encoder = SparseStructureEncoder(cfg.vae)
+        self.encoder = SparseStructureEncoder(cfg.vae) if with_encoder else None
 
     @classmethod
     def from_preset(cls, name: str, device: str | torch.device | None = None) -> "SparseStructureModel":
         with torch.device(device or "cpu"):
             return cls(get_preset(name))
 
-    def latent_targets(self, occupancy: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, 1, N, N, N) occupancy -> flow targets: shape tokens (encoder mean) + canonical pose."""
-        with torch.no_grad():
-            cube = self.encoder(occupancy)
-        B = occupancy.shape[0]
-        targets = {SHAPE: latent_cube_to_tokens(cube)}
-        for name in POSE_MEMBERS:
-            value = torch.tensor(CANONICAL_POSE[name], device=cube.device, dtype=cube.dtype)
-            targets[name] = value.view(1, 1, -1).expand(B, 1, -1).contiguous()
+    def latent_targets(self, occupancy: torch.Tensor | None = None,
+                       shape_latents: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Flow targets: shape tokens and the pose latents of the identity pose (the volume frame:
+        the shape grid is the scan's grid), in the release's normalised pose convention.
+
+        Shape tokens come from ``shape_latents`` (B, C, R, R, R) when given (decoder-inversion targets),
+        else from the SS encoder's mean of ``occupancy`` (B, 1, N, N, N)."""
+        if shape_latents is None:
+            if self.encoder is None:
+                raise ConfigError("this model has no SS encoder (Meta did not release it): flow targets must "
+                                  "come from decoder inversion (train.latent_targets)")
+            with torch.no_grad():
+                shape_latents = self.encoder(occupancy)
+        targets = {SHAPE: latent_cube_to_tokens(shape_latents.float())}
+        B = shape_latents.shape[0]
+        targets.update(encode_pose(identity_pose(B, device=shape_latents.device)))
         return targets
 
     def decode_shape(self, shape_tokens: torch.Tensor) -> torch.Tensor:
@@ -55,10 +62,20 @@ class SparseStructureModel(nn.Module):
     @torch.no_grad()
     def reconstruct(self, condition_inputs: dict[str, torch.Tensor], seed: int = 0,
                     sampler=None) -> torch.Tensor:
-        """Condition inputs -> occupancy logits (B, 1, N, N, N) by guided sampling."""
-        cond = self.condition_embedder(**condition_inputs)
-        latents = sample_latents(self.generator, cond, self.generator.latent_shapes(), sampler or self.cfg.sampler, seed)
-        return self.decode_shape(latents[SHAPE])
+        """Condition inputs -> occupancy logits (B, 1, N, N, N), float32, by guided sampling.
+
+        On CUDA the embedder and decoder run under bf16 autocast and the flow blocks under fp16
+        autocast when the release says ``use_fp16`` (as the official pipeline runs them), else bf16;
+        the sampler's state stays float32. On a CPU everything is float32."""
+        cuda = self.decoder.input_layer.weight.is_cuda
+        flow_dtype = torch.float16 if self.cfg.flow.use_fp16 else torch.bfloat16
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            cond = self.condition_embedder(**condition_inputs)
+        with torch.autocast("cuda", dtype=flow_dtype, enabled=cuda):
+            latents = sample_latents(self.generator, cond, self.generator.latent_shapes(),
+                                     sampler or self.cfg.sampler, seed)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            return self.decode_shape(latents[SHAPE]).float()
 
 
 def parameter_counts(model: SparseStructureModel) -> dict[str, int]:
@@ -76,5 +93,6 @@ def parameter_counts(model: SparseStructureModel) -> dict[str, int]:
     out["ss_generator/flow_transformer"] = count(model.generator)
     out["ss_generator (total)"] = count(model.condition_embedder) + count(model.generator)
     out["ss_decoder"] = count(model.decoder)
-    out["ss_encoder"] = count(model.encoder)
+    if model.encoder is not None:
+        out["ss_encoder"] = count(model.encoder)
     return out

@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VAEConfig
+from .flow_transformer import layer_norm_float32
 
 
 class ChannelLayerNorm32(nn.LayerNorm):
     """LayerNorm over the channel axis of (B, C, D, H, W), computed in float32."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = super().forward(x.float().movedim(1, -1))
-        return h.movedim(-1, 1).type(x.dtype)
+        return layer_norm_float32(self, x.movedim(1, -1)).movedim(-1, 1)
 
 
 def pixel_shuffle_3d(x: torch.Tensor, factor: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """DINOv2 vision transformer with register tokens, with DINOv2's parameter names.
 
 Token layout after the blocks: [CLS, registers (R), patches (N)]; the condition embedder keeps
-CLS + patches (1 + 37*37 = 1370 tokens of 1024 for ViT-L/14 at 518 px) and drops the registers.
+CLS + patches and drops the registers: 1 + 37*37 = 1370 tokens of 1024 for ViT-L/14 at its stored
+518 px, 1 + 55*55 = 3026 at the released input size of 770 px (position embedding interpolated).
 """
 
 from __future__ import annotations
@@ -93,12 +94,21 @@ class DinoVisionTransformer(nn.Module):
         nn.init.normal_(self.register_tokens, std=1e-6)
 
     def _pos_embed(self, h: int, w: int) -> torch.Tensor:
-        grid = int(math.sqrt(self.pos_embed.shape[1] - 1))
+        """Position embedding for an (h, w) patch grid: the stored one, or its bicubic interpolation
+        computed as DINOv2's ``interpolate_pos_encoding`` does (in float32; with ``interpolate_offset``
+        > 0 by scale factor (n + offset) / M, else to the exact size; ``interpolate_antialias``)."""
+        stored = self.pos_embed.shape[1] - 1
+        grid = math.isqrt(stored)
         if (h, w) == (grid, grid):
             return self.pos_embed
-        patch_pos = self.pos_embed[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos, size=(h, w), mode="bicubic", antialias=True)
-        return torch.cat([self.pos_embed[:, :1], patch_pos.flatten(2).transpose(1, 2)], dim=1)
+        patch_pos = self.pos_embed[:, 1:].float().reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        offset = self.cfg.interpolate_offset
+        size = dict(scale_factor=((h + offset) / grid, (w + offset) / grid)) if offset else dict(size=(h, w))
+        patch_pos = F.interpolate(patch_pos, mode="bicubic", antialias=self.cfg.interpolate_antialias, **size)
+        if patch_pos.shape[-2:] != (h, w):
+            raise ValueError(f"position embedding interpolated to {tuple(patch_pos.shape[-2:])}, expected {(h, w)}")
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, h * w, -1)
+        return torch.cat([self.pos_embed[:, :1].float(), patch_pos], dim=1).to(self.pos_embed.dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, 1 + N, C): CLS + patch tokens after the last norm."""
