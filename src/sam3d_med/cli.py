@@ -90,26 +90,33 @@ def add_download_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_download(args) -> int:
     from .model.hub import download_checkpoints
 
-    paths = download_checkpoints(args.repo, args.out_dir, revision=args.revision, token=args.token,
-                                 endpoint=args.endpoint, everything=args.everything)
-    print(f"{len(paths)} files verified in {args.out_dir}")
+    result = download_checkpoints(args.repo, args.out_dir, revision=args.revision, token=args.token,
+                                  endpoint=args.endpoint, everything=args.everything)
+    print(result.summary())
     return 0
 
 
 def cmd_model_info(args) -> int:
     import torch
 
-    from .model.config import apply_official_yaml, get_preset
+    from .model.config import get_preset
+    from .model.official_yaml import apply_official_yaml
     from .model.sam3d import SparseStructureModel, parameter_counts
 
     config = get_preset(args.preset)
     if args.config_dir:
+        if not Path(args.config_dir).is_dir():
+            raise Sam3dMedError(f"--config_dir {args.config_dir}: folder does not exist")
         changed = apply_official_yaml(config, args.config_dir)
         print(f"from {args.config_dir}: " + (", ".join(changed) if changed else "no size or sampler changes"))
     with torch.device("meta"):  # shapes only: no memory for the weights
         model = SparseStructureModel(config)
+    vit, point = config.image_vit, config.point
     print(f"preset {config.name}: latent {config.flow.resolution}^3 x {config.flow.latent_channels}, "
           f"occupancy {config.occupancy_resolution}^3, flow width {config.flow.model_channels} x {config.flow.num_blocks} blocks")
+    print(f"condition: Dino input {vit.input_size} px (position embedding stored for {vit.img_size} px), "
+          f"{vit.tokens} tokens per image or mask stream, {point.tokens} per pointmap stream: "
+          f"{config.condition_tokens:,d} condition tokens x {config.cond_dim}")
     for name, count in parameter_counts(model).items():
         print(f"  {name:58s} {count:>15,d}  ({count / 1e6:,.1f} M)")
     return 0

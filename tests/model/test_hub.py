@@ -1,14 +1,13 @@
 import io
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from safetensors.numpy import save as save_safetensors
 
 from sam3d_med.model.hub import DownloadError, download_checkpoints, files_named_in_pipeline, verify_checkpoint_folder
 from tests.model.hub_stub import HubStub
@@ -18,7 +17,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "download_hf_checkpoi
 
 
 def official_like_files() -> dict[str, bytes]:
-    """Small files in the layout of the official repository (under checkpoints/)."""
+    """Small files in the layout of the official repository (under checkpoints/), with its 0-byte
+    encoder placeholders."""
     pipeline = {
         "ss_generator_config_path": "ss_generator.yaml", "ss_generator_ckpt_path": "ss_generator.ckpt",
         "ss_decoder_config_path": "ss_decoder.yaml", "ss_decoder_ckpt_path": "ss_decoder.ckpt",
@@ -35,7 +35,7 @@ def official_like_files() -> dict[str, bytes]:
         "pipeline.yaml": yaml.safe_dump(pipeline).encode(),
         "ss_generator.yaml": b"model: {depth: 24}\n", "ss_generator.ckpt": generator,
         "ss_decoder.yaml": b"model: {channels: [512, 128, 32]}\n", "ss_decoder.ckpt": buf.getvalue(),
-        "ss_encoder.yaml": b"model: {}\n", "ss_encoder.safetensors": save_safetensors({"x": np.zeros(4, np.float32)}),
+        "ss_encoder.yaml": b"", "ss_encoder.safetensors": b"",
         "slat_generator.yaml": b"model: {}\n", "slat_generator.ckpt": buf.getvalue(),
     }
     return {f"checkpoints/{k}": v for k, v in files.items()}
@@ -68,7 +68,8 @@ def test_download_with_token_resumes_an_interrupted_transfer_and_verifies(tmp_pa
     size = len(files["checkpoints/ss_generator.ckpt"])
     with HubStub(REPO, files, token="hf_secret", break_after={"checkpoints/ss_generator.ckpt": size // 3}) as hub:
         out = tmp_path / "checkpoints" / "hf"
-        paths = download_checkpoints(REPO, out, token="hf_secret", endpoint=hub.endpoint, log=lambda m: None)
+        result = download_checkpoints(REPO, out, token="hf_secret", endpoint=hub.endpoint, log=lambda m: None)
+        paths = result.files
         ranges = [r for (method, path, r) in hub.requests if method == "GET" and path.endswith("ss_generator.ckpt")]
     resumed_at = int(ranges[1].removeprefix("bytes=").rstrip("-"))  # the second request resumed
     assert ranges[0] is None and 0 < resumed_at <= size // 3
@@ -78,6 +79,10 @@ def test_download_with_token_resumes_an_interrupted_transfer_and_verifies(tmp_pa
     for p in paths:
         assert p.read_bytes() == files[f"checkpoints/{p.name}"]
     assert not (out / "slat_generator.ckpt").exists()
+    assert sorted(result.placeholders) == ["ss_encoder.safetensors", "ss_encoder.yaml"]
+    assert "not released by Meta (0-byte placeholder in the repository): ss_encoder." in result.summary()
+    info = json.loads((out / "download_info.json").read_text())
+    assert sorted(info["not_released_placeholders"]) == ["ss_encoder.safetensors", "ss_encoder.yaml"]
     loaded = torch.load(out / "ss_generator.ckpt", weights_only=True)
     assert torch.equal(loaded["state_dict"]["w"], torch.arange(300_000, dtype=torch.float32))
 
@@ -117,8 +122,19 @@ def test_verification_finds_corrupt_files(tmp_path):
     (tmp_path / "a.ckpt").write_bytes(b"definitely not a checkpoint")
     (tmp_path / "b.safetensors").write_bytes(b"\x00\x01")
     (tmp_path / "c.yaml").write_text("- a list\n")
-    problems = verify_checkpoint_folder(tmp_path, ["a.ckpt", "b.safetensors", "c.yaml", "d.ckpt"])
-    assert [p.split(":")[0] for p in problems] == ["a.ckpt", "b.safetensors", "c.yaml", "d.ckpt"]
+    (tmp_path / "e.safetensors").write_bytes(b"")
+    problems = verify_checkpoint_folder(tmp_path, ["a.ckpt", "b.safetensors", "c.yaml", "d.ckpt", "e.safetensors"])
+    assert [p.split(":")[0] for p in problems] == ["a.ckpt", "b.safetensors", "c.yaml", "d.ckpt", "e.safetensors"]
+    # a 0-byte file that the stage does not need is a placeholder, not a problem
+    assert verify_checkpoint_folder(tmp_path, ["e.safetensors"], required=[]) == []
+
+
+def test_a_zero_byte_file_the_stage_needs_fails_the_download(tmp_path):
+    files = official_like_files()
+    files["checkpoints/ss_decoder.ckpt"] = b""
+    with HubStub(REPO, files) as hub:
+        with pytest.raises(DownloadError, match=r"ss_decoder.ckpt: 0-byte file \(the sparse-structure stage needs it\)"):
+            download_checkpoints(REPO, tmp_path, endpoint=hub.endpoint, log=lambda m: None)
 
 
 @pytest.mark.e2e
@@ -134,5 +150,8 @@ def test_tutorial_command_against_the_stub(tmp_path):
         env["HF_TOKEN"] = "hf_secret"
         done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "7 files verified in checkpoints/hf" in done.stdout
-    assert (tmp_path / "checkpoints" / "hf" / "ss_encoder.safetensors").is_file()
+    assert "5 files verified in checkpoints/hf" in done.stdout
+    assert ("not released by Meta (0-byte placeholder in the repository): ss_encoder.safetensors, ss_encoder.yaml"
+            in done.stdout)
+    assert "inverting the released decoder" in done.stdout
+    assert (tmp_path / "checkpoints" / "hf" / "ss_encoder.safetensors").stat().st_size == 0

@@ -12,6 +12,12 @@ which is what sam3d-med fine-tunes; ``everything=True`` fetches every file pipel
 Files are fetched with ``huggingface_hub.hf_hub_download`` into ``out_dir/.hf_download`` (its
 metadata makes re-runs skip finished files, and an interrupted transfer resumes from the partial
 file), then hard-linked (copied where links fail) into ``out_dir``. The folder is verified at the end.
+
+The release ships the SS encoder as 0-byte placeholders (``ss_encoder.safetensors``,
+``ss_encoder.yaml``: Meta never released the encoder; the official pipeline does not load it). Those
+are reported as "not released by Meta", not as a failed download: the command succeeds when every
+file the sparse-structure stage needs (generator and decoder, their YAML, pipeline.yaml) is there,
+and training then derives its flow targets from the released decoder.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import yaml
@@ -30,6 +37,7 @@ DEFAULT_REPO = "facebook/sam-3d-objects"
 REPO_SUBFOLDER = "checkpoints"
 PIPELINE_FILE = "pipeline.yaml"
 SS_COMPONENTS = ("ss_generator", "ss_decoder", "ss_encoder")
+REQUIRED_COMPONENTS = ("ss_generator", "ss_decoder")  # what fine-tuning and sampling cannot do without
 # Used only for components that pipeline.yaml does not name (the names of the official release).
 FALLBACK_FILES = {
     "ss_generator": ("ss_generator.yaml", "ss_generator.ckpt"),
@@ -44,23 +52,37 @@ class DownloadError(Sam3dMedError):
     """The download could not be done; the message says why and what to do."""
 
 
-def files_named_in_pipeline(pipeline: dict, everything: bool) -> list[str]:
-    """File names (basenames) of the configs and checkpoints that pipeline.yaml names.
+def _files_by_component(pipeline: dict) -> dict[str, list[str]]:
+    """component -> file names (basenames) that pipeline.yaml names for it.
 
     Keys look like ``ss_generator_config_path`` / ``ss_generator_ckpt_path``; values may carry a
-    folder or interpolation prefix, only the file name is kept.
-    """
+    folder or interpolation prefix, only the file name is kept."""
     named: dict[str, list[str]] = {}
     for key, value in (pipeline or {}).items():
         if not isinstance(value, str) or not key.endswith(("_config_path", "_ckpt_path")):
             continue
         component = key.rsplit("_", 2)[0]
         named.setdefault(component, []).append(PurePosixPath(value).name)
-    components = sorted(named) if everything else list(SS_COMPONENTS)
+    return named
+
+
+def files_named_in_pipeline(pipeline: dict, everything: bool) -> list[str]:
+    """File names of the configs and checkpoints to fetch: the sparse-structure stage's (each
+    component pipeline.yaml does not name falls back to the release's names), or with
+    ``everything`` every file pipeline.yaml names."""
+    named = _files_by_component(pipeline)
+    components = sorted(set(named) | set(SS_COMPONENTS)) if everything else list(SS_COMPONENTS)
     files = []
     for component in components:
         files += named.get(component) or list(FALLBACK_FILES.get(component, ()))
     return list(dict.fromkeys(files))
+
+
+def required_files(pipeline: dict) -> list[str]:
+    """The files without which the sparse-structure stage cannot run (pipeline.yaml included)."""
+    named = _files_by_component(pipeline)
+    return [PIPELINE_FILE] + [name for component in REQUIRED_COMPONENTS
+                              for name in (named.get(component) or FALLBACK_FILES[component])]
 
 
 def _explain_hub_error(exc: Exception, repo_id: str, endpoint: str, filename: str) -> DownloadError:
@@ -109,18 +131,23 @@ def _place(source: Path, target: Path) -> None:
             shutil.copyfile(source, tmp)
 
 
-def verify_checkpoint_folder(folder: str | Path, filenames: list[str]) -> list[str]:
+def verify_checkpoint_folder(folder: str | Path, filenames: list[str], required: list[str] | None = None) -> list[str]:
     """Problems found in ``folder`` for the expected files (empty list: all good).
 
     YAML must parse to a mapping; ``.ckpt``/``.pt`` must be a torch zip archive or a pickle;
-    ``.safetensors`` must have a readable header.
-    """
+    ``.safetensors`` must have a readable header. A 0-byte file is a problem only if it is in
+    ``required`` (default: every file); otherwise it is a placeholder (see ``placeholders``)."""
     folder = Path(folder)
+    required = filenames if required is None else required
     problems = []
     for name in filenames:
         path = folder / name
-        if not path.is_file() or path.stat().st_size == 0:
-            problems.append(f"{name}: missing or empty")
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+            continue
+        if path.stat().st_size == 0:
+            if name in required:
+                problems.append(f"{name}: 0-byte file (the sparse-structure stage needs it)")
             continue
         try:
             if name.endswith((".yaml", ".yml")):
@@ -141,9 +168,28 @@ def verify_checkpoint_folder(folder: str | Path, filenames: list[str]) -> list[s
     return problems
 
 
+@dataclass
+class DownloadResult:
+    folder: Path
+    files: list[Path] = field(default_factory=list)  # every file placed in ``folder``
+    placeholders: list[str] = field(default_factory=list)  # 0-byte files the repository holds (not released)
+
+    def summary(self) -> str:
+        """What the user needs to know, in a few lines."""
+        verified = len(self.files) - len(self.placeholders)
+        lines = [f"{verified} files verified in {self.folder}"]
+        if self.placeholders:
+            lines.append(f"not released by Meta (0-byte placeholder in the repository): {', '.join(self.placeholders)}")
+            if any(name.startswith("ss_encoder") for name in self.placeholders):
+                lines.append("without the SS encoder, training derives its flow targets by inverting the released "
+                             "decoder (automatic; cached beside the preprocessing cache, with the round-trip Dice printed)")
+        return "\n".join(lines)
+
+
 def download_checkpoints(repo_id: str, out_dir: str | Path, *, revision: str = "main", token: str | None = None,
-                         endpoint: str | None = None, everything: bool = False, log=print) -> list[Path]:
-    """Fetch pipeline.yaml and the files it names into ``out_dir``; returns their paths there."""
+                         endpoint: str | None = None, everything: bool = False, log=print) -> DownloadResult:
+    """Fetch pipeline.yaml and the files it names into ``out_dir``; the result lists them and the
+    placeholders among them."""
     from huggingface_hub import constants
 
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
@@ -158,17 +204,18 @@ def download_checkpoints(repo_id: str, out_dir: str | Path, *, revision: str = "
         raise DownloadError(f"{repo_id}/{PIPELINE_FILE} is not valid YAML ({exc.__class__.__name__})") from None
     wanted = [PIPELINE_FILE] + files_named_in_pipeline(pipeline, everything)
     log(f"fetching {len(wanted)} files from {repo_id}@{revision}: {', '.join(wanted)}")
-    placed = []
+    result = DownloadResult(out_dir)
     for name in wanted:
         source = pipeline_path if name == PIPELINE_FILE else _fetch(repo_id, name, staging, revision, token, endpoint)
         _place(source, out_dir / name)
-        placed.append(out_dir / name)
-    problems = verify_checkpoint_folder(out_dir, wanted)
+        result.files.append(out_dir / name)
+    problems = verify_checkpoint_folder(out_dir, wanted, required_files(pipeline))
     if problems:
         raise DownloadError(f"{out_dir}: downloaded files failed verification: " + "; ".join(problems))
+    result.placeholders = [p.name for p in result.files if p.stat().st_size == 0]
     atomic_write_json(out_dir / INFO_FILE, {
         "repo_id": repo_id, "revision": revision, "endpoint": endpoint,
-        "files": {p.name: p.stat().st_size for p in placed},
+        "files": {p.name: p.stat().st_size for p in result.files},
+        "not_released_placeholders": result.placeholders,
     })
-    return placed
-
+    return result
