@@ -146,8 +146,12 @@ def condition_inputs(image: torch.Tensor, mask: torch.Tensor, pointmap: torch.Te
 
 class SliceClassDataset(Dataset):
     def __init__(self, cache_dir: str | Path, manifest: dict, case_ids: list[str], crop_size: tuple[int, int],
-                 min_pixels: int = 10, augment: Augmentation | None = None, seed: int = 0):
+                 min_pixels: int = 10, augment: Augmentation | None = None, seed: int = 0,
+                 latent_dir: str | Path | None = None):
+        """``latent_dir``: folder of precomputed flow targets (``<case>.npy``, float32 (C, c, R, R, R),
+        one latent per class 1..C); each sample then also holds ``shape_latent`` (c, R, R, R)."""
         self.cache_dir = Path(cache_dir)
+        self.latent_dir = Path(latent_dir) if latent_dir is not None else None
         if crop_size[0] != crop_size[1]:
             raise InputError(f"data.preprocess_crop_size must be square (SAM3D crops are square), got {list(crop_size)}")
         self.size = int(crop_size[0])
@@ -198,6 +202,9 @@ class SliceClassDataset(Dataset):
         shape = tuple(self.cases[case_id]["shape_ijk"])
         sample = condition_inputs(image, mask, pointmap, affine, shape, self.size, angle, scale, jitter)
         sdf = torch.from_numpy(np.array(self._sdf(case_id)[cls - 1], dtype=np.float32))[None]
+        if self.latent_dir is not None:
+            latents = np.load(self.latent_dir / f"{case_id}.npy", mmap_mode="r")
+            sample["shape_latent"] = torch.from_numpy(np.array(latents[cls - 1], dtype=np.float32))
         return {
             **sample,
             "occupancy": (sdf < 0).float(), "sdf": sdf,

@@ -6,8 +6,11 @@ D (mm) and input slice (axis a_b, index s_b):
     L = w_flow * L_flow + w_mask * L_mask + w_sdf * L_sdf + w_vae * L_vae
 
 - L_flow: flow matching on the SS latents (``model.flow_matching.flow_matching_loss``): the mean
-  over latents of mean((v_pred - (x1 - x0))^2), where x1 = (SS-encoder mean of O as shape tokens,
-  canonical pose) and x0 ~ N(0, I), at t ~ logit-normal, condition dropped with p = 0.1.
+  over latents of mean((v_pred - (x1 - x0))^2), where x1 = (shape tokens of O: the SS encoder's mean,
+  or without a released encoder the cached decoder-inversion latent (``train.latent_targets``);
+  the identity pose in the release's normalised convention (``model.pose``)) and x0 ~ N(0, I), at
+  t ~ logit-normal, the whole batch's condition dropped with p = 0.1 and the pointmap streams of a
+  sample with p = 0.1 (the official CFG and modality dropout).
 - L_mask: consistency at the input slice. The one-step data estimate x1_hat = x_t + (1 - t) v_pred
   is decoded to occupancy logits Z = decoder(x1_hat.shape); L_mask = mean_b BCE(Z_b restricted to
   slice s_b along axis a_b, O_b on that slice), i.e. the reconstruction must reproduce the input mask.
@@ -86,7 +89,7 @@ class TrainingObjective(torch.nn.Module):
         frozen = not any(p.requires_grad for p in model.condition_embedder.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):  # frozen: no activations kept
             cond = model.condition_embedder(**{k: batch[k] for k in CONDITION_KEYS})
-        targets = model.latent_targets(occupancy)
+        targets = model.latent_targets(occupancy, shape_latents=batch.get("shape_latent"))
         flow = flow_matching_loss(model.generator, targets, cond, model.cfg.objective,
                                   time_scale=model.cfg.sampler.time_scale, generator=generator)
         terms = {"flow": flow.loss}

@@ -34,10 +34,12 @@ from ..io.atomic import atomic_path
 from ..model.checkpoint import FILES, build_from_folder
 from ..model.lora import LoraSettings, apply_lora, trainable_parameters
 from ..model.sam3d import SparseStructureModel
+from .latent_targets import InversionSettings, ensure_latent_targets, round_trip_summary
 from .losses import CONDITION_KEYS, LossWeights, TrainingObjective, dice
 
 log = logging.getLogger("sam3d_med.train")
 CHECKPOINT_FORMAT = "sam3d-med-train-1"
+LOW_ROUND_TRIP_DICE = 0.8  # below this mean round trip for a class, the log warns
 
 
 # ----------------------------------------------------------------------------- devices and ranks
@@ -101,7 +103,8 @@ def build_model(cfg: DictConfig) -> tuple[SparseStructureModel, dict]:
             raise InputError(f"{folder}: no official weights ({FILES['generator']} missing): run "
                              f"scripts/download_hf_checkpoints.py --out {folder}, or train the CPU model with model=tiny")
         model = build_from_folder(folder, preset=preset, log=log.info)
-        identity = {"kind": "official", "files": {name: _file_fingerprint(folder / name) for name in FILES.values()}}
+        identity = {"kind": "official", "files": {name: _file_fingerprint(folder / name) if (folder / name).is_file()
+                                                  else "absent" for name in FILES.values()}}
     else:
         torch.manual_seed(int(cfg.model.get("init_seed", 0)))
         model = SparseStructureModel.from_preset(preset)
@@ -275,6 +278,38 @@ def validate(objective: TrainingObjective, loader: DataLoader, device: torch.dev
             "val_dice": float(np.mean(dices)) if dices else float("nan")}
 
 
+def prepare_latent_targets(model: SparseStructureModel, cfg: DictConfig, manifest: dict, case_ids: list[str],
+                           ranks: Ranks) -> Path | None:
+    """Where the flow's shape targets come from: the SS encoder when the model has one (None is
+    returned: targets are encoded batch by batch), else decoder inversion, cached per case (the
+    folder is returned; computed now for the cases not cached yet, shared out over the ranks)."""
+    if model.encoder is not None:
+        log.info("flow targets: the SS encoder's latents of the true occupancy")
+        return None
+    grid = {tuple(c["shape_ijk"]) for c in manifest["cases"] if c["case_id"] in set(case_ids)}
+    side = model.cfg.occupancy_resolution
+    if grid != {(side, side, side)}:
+        raise InputError(f"{cfg.data.slice_cache_dir}: case grids {sorted(grid)} differ from the decoder's "
+                         f"{side}^3 output (the volume frame needs {side}^3 crops)")
+    settings = InversionSettings(**{k: type(v)(cfg.latent_targets[k]) for k, v in asdict(InversionSettings()).items()})
+    cases = [c for c in manifest["cases"] if c["case_id"] in set(case_ids)]
+    latent_shape = (model.cfg.flow.latent_channels,) + (model.cfg.flow.resolution,) * 3
+    log.info("flow targets: no SS encoder weights (Meta did not release them): inverting the frozen decoder "
+             "for every (case, class), cached in the preprocessing cache")
+    folder = ensure_latent_targets(cfg.data.slice_cache_dir, cases, model.decoder, settings, ranks.device, latent_shape,
+                                   ranks.rank, ranks.world_size)
+    ranks.barrier()
+    if ranks.is_main:
+        names = {int(k): v for k, v in manifest.get("class_names", {}).items()}
+        summary, worst = round_trip_summary(folder, cases, names)
+        log.info("%s; targets in %s", summary, folder)
+        if worst < LOW_ROUND_TRIP_DICE:
+            log.warning("the decoder reproduces some classes poorly from their target latents (mean round-trip Dice "
+                        "%.3f): fine-tuning cannot do better than that through this decoder; more inversion steps "
+                        "(latent_targets.steps) may help", worst)
+    return folder
+
+
 def plot_curves(history: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -314,10 +349,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     manifest = load_manifest(cfg.data.slice_cache_dir)
     train_ids, val_ids = split_cases([c["case_id"] for c in manifest["cases"]], float(cfg.data.val_fraction), seed)
+    latent_dir = prepare_latent_targets(model, cfg, manifest, train_ids + val_ids, ranks)
     crop = tuple(int(x) for x in cfg.data.preprocess_crop_size)
     augment = Augmentation() if cfg.data.augment else None
-    train_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, train_ids, crop, int(cfg.data.min_pixels), augment, seed)
-    val_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, val_ids, crop, int(cfg.data.min_pixels), None, seed)
+    train_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, train_ids, crop, int(cfg.data.min_pixels), augment,
+                                  seed, latent_dir=latent_dir)
+    val_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, val_ids, crop, int(cfg.data.min_pixels), None, seed,
+                                latent_dir=latent_dir)
     if len(train_set) == 0:
         raise InputError(f"{cfg.data.slice_cache_dir}: no training samples (cases {train_ids})")
     log.info("data: %d train cases (%d samples), %d validation cases (%d samples); crop %s",
