@@ -7,11 +7,21 @@ against the first row, and peak GPU memory on CUDA.
 
     python benchmarks/bench_train.py                                   # tiny preset on CPU (demo settings)
     python benchmarks/bench_train.py --preset sam3d --device cuda --batch 4 --lora  # GPU, random weights, bf16
+    python benchmarks/bench_train.py --compare_allocator   # CPU: glibc's default vs keeping freed memory
+
+``--compare_allocator`` runs the measurement twice, each in its own process: first with glibc's
+defaults (``SAM3D_MED_GLIBC_DEFAULTS=1``), then as the trainer runs on a CPU
+(``runtime.keep_freed_memory_for_reuse``), and prints both tables with the processes' user and
+system CPU seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,6 +34,7 @@ from sam3d_med.data.phantom import write_phantom_dataset
 from sam3d_med.data.preprocess import PreprocessOptions, run_preprocess
 from sam3d_med.model.lora import LoraSettings, apply_lora, trainable_parameters
 from sam3d_med.model.sam3d import SparseStructureModel
+from sam3d_med.runtime import keep_freed_memory_for_reuse
 from sam3d_med.train.losses import LossWeights, TrainingObjective
 
 
@@ -52,7 +63,18 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help="LoRA (rank 8) instead of training every weight")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--compare_allocator", action="store_true", help="glibc defaults vs the trainer's setting")
     args = parser.parse_args()
+    if args.compare_allocator:
+        child = [sys.executable, __file__] + [a for a in sys.argv[1:] if a != "--compare_allocator"]
+        for label, extra in (("glibc defaults", {"SAM3D_MED_GLIBC_DEFAULTS": "1"}), ("freed memory kept for reuse", {})):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            done = subprocess.run(child, env={**os.environ, **extra}, capture_output=True, text=True, check=True)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            print(f"== {label}: {after.ru_utime - before.ru_utime:.1f} s user, {after.ru_stime - before.ru_stime:.1f} s "
+                  f"system CPU in the process\n{done.stdout.rstrip()}")
+        return
+    tuned = keep_freed_memory_for_reuse()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         write_phantom_dataset(Path(tmp) / "raw", 3, seed=0)
@@ -62,7 +84,7 @@ def main() -> None:
                                     (args.crop, args.crop))
         print(f"training step, preset {args.preset}, {'LoRA rank 8' if args.lora else 'all weights'}, crop {args.crop}, "
               f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'}; "
-              f"median of {args.repeats} steps after {args.warmup}")
+              f"median of {args.repeats} steps after {args.warmup}; glibc {'keeps freed memory' if tuned else 'defaults'}")
         print(f"{'batch':>5} {'3-D terms on':>14} {'s/step':>8} {'samples/s':>9} {'vs first':>8} {'peak GiB':>8}")
         reference = None
         for batch_size in (int(b) for b in args.batch.split(",")):

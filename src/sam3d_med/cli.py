@@ -382,7 +382,10 @@ def run_command(func, args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .runtime import keep_freed_memory_for_reuse
+
     args = build_parser().parse_args(argv)
+    keep_freed_memory_for_reuse()  # CPU work (preprocessing, evaluation, sampling): see runtime.py
     return run_command(args.func, args)
 
 

@@ -34,6 +34,7 @@ from ..io.atomic import atomic_path
 from ..model.checkpoint import FILES, build_from_folder
 from ..model.lora import LoraSettings, apply_lora, trainable_parameters
 from ..model.sam3d import SparseStructureModel
+from ..runtime import keep_freed_memory_for_reuse
 from .latent_targets import InversionSettings, ensure_latent_targets, round_trip_summary
 from .losses import CONDITION_KEYS, LossWeights, TrainingObjective, dice
 
@@ -340,6 +341,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     ranks = Ranks(cfg.device)
     device = ranks.device
+    if device.type == "cpu":
+        keep_freed_memory_for_reuse()
     seed = int(cfg.seed)
     torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
 
