@@ -135,6 +135,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_cases", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--save_viz", action="store_true", help="per-case comparison figures and surfaces in visualizations/ (for the report)")
+    p.add_argument("--no_slice_constraint", action="store_true",
+                   help="score the model's own prediction on the input plane (default: it is set to the input mask, "
+                        "which is given, not predicted)")
 
 
 def cmd_eval(args) -> int:
@@ -144,7 +147,7 @@ def cmd_eval(args) -> int:
     device = resolve_device(args.device)
     options = EvalOptions(policy=args.policy, steps=args.steps, guidance=args.guidance, seed=args.seed,
                           batch_size=args.batch_size, train_cache=args.train_cache, max_cases=args.max_cases,
-                          save_viz=args.save_viz)
+                          save_viz=args.save_viz, input_slice_constraint=not args.no_slice_constraint)
     document = evaluate(args.checkpoint, args.data_root, args.output_dir, options, device=str(device))
     print(summary_table(document))
     print(f"metrics: {args.output_dir}/metrics.json, {args.output_dir}/metrics.csv"
@@ -162,6 +165,9 @@ def add_inference_arguments(p: argparse.ArgumentParser, checkpoint_flags=("--che
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance strength (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no_slice_constraint", action="store_true",
+                   help="keep the model's own prediction on the input plane (default: set it to the input mask, "
+                        "which is given, not predicted)")
 
 
 def load_for_inference(args) -> dict:
@@ -173,7 +179,8 @@ def load_for_inference(args) -> dict:
     config = payload["config"]
     return {"model": model, "sampler": sampler_settings(model.cfg.sampler, config.get("validation", {}), args.steps,
                                                         args.guidance),
-            "crop_size": int(config["data"]["preprocess_crop_size"][0]), "seed": args.seed, "device": str(device)}
+            "crop_size": int(config["data"]["preprocess_crop_size"][0]), "seed": args.seed, "device": str(device),
+            "frame": config["data"].get("target_frame", "volume"), "input_slice": not args.no_slice_constraint}
 
 
 def cmd_predict(args) -> int:

@@ -1,4 +1,5 @@
 import json
+import math
 import shutil
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from sam3d_med.data.dataset import Augmentation, SliceClassDataset, load_manifest, object_centric, split_cases
+from sam3d_med.data.object_frame import normalisation_of_slice
 from sam3d_med.errors import InputError
 from sam3d_med.io.nifti import load_volume
 
@@ -28,9 +30,9 @@ def test_samples_are_slice_class_pairs_with_enough_pixels(cache_dir):
     assert all(case == "s0001" for case, _, _ in ds.samples)
 
 
-def test_inputs_targets_and_normalisation(cache_dir, phantom_dir):
+def test_inputs_targets_and_normalisation_in_the_volume_frame(cache_dir, phantom_dir):
     manifest = load_manifest(cache_dir)
-    ds = SliceClassDataset(cache_dir, manifest, ["s0002"], (48, 48))
+    ds = SliceClassDataset(cache_dir, manifest, ["s0002"], (48, 48), frame="volume")
     item = ds[len(ds) // 2]
     for key in ("image", "rgb_image", "pointmap", "rgb_pointmap"):
         assert item[key].shape == (3, 48, 48)
@@ -48,15 +50,42 @@ def test_inputs_targets_and_normalisation(cache_dir, phantom_dir):
     full = item["rgb_pointmap"]
     coord = full[item["axis"]][torch.isfinite(full[item["axis"]])]
     assert torch.allclose(coord, torch.full_like(coord, 2 * item["slice_idx"] / 63 - 1), atol=1e-4)
+    assert "cube_sdf" not in item
 
 
+def test_object_frame_inputs_and_targets(cache_dir):
+    """Both pointmaps share the slice's official normalisation; the cube holds the structure; the
+    cube's signed distances are the scan's sampled at its cells; the slice is kept as it is."""
+    manifest = load_manifest(cache_dir)
+    ds = SliceClassDataset(cache_dir, manifest, ["s0002"], (48, 48), cube_resolution=32)
+    item = ds[len(ds) // 2]
+    entry = ds.samples[len(ds) // 2][1]
+    raw = np.load(cache_dir / entry["file"])
+    mask = raw["mask"] == item["class_id"]
+    shift, scale = normalisation_of_slice(raw["pointmap"], mask)
+    assert torch.allclose(item["pointmap_shift"], torch.tensor(shift, dtype=torch.float32))
+    assert math.isclose(float(item["pointmap_scale"]), scale, rel_tol=1e-6)
+    for key, view_mask in (("pointmap", item["mask"][0]), ("rgb_pointmap", item["rgb_image_mask"][0])):
+        world = item[key][:, view_mask > 0.5] * item["pointmap_scale"] + item["pointmap_shift"][:, None]
+        assert torch.allclose(world.median(dim=1).values, torch.tensor(shift, dtype=torch.float32), atol=3.1)
+    assert item["cube_sdf"].shape == item["cube_occupancy"].shape == (1, 32, 32, 32)
+    assert 0.02 < float(item["cube_occupancy"].mean()) < 0.7
+    assert torch.equal(item["slice_points"], torch.from_numpy(raw["pointmap"]))
+    assert torch.equal(item["slice_mask"][0].bool(), torch.from_numpy(mask))
+    # the masked points of the slice lie inside the cube
+    cube_x = (item["slice_points"][:, mask] - item["cube_centre_mm"][:, None]) / item["cube_side_mm"]
+    assert float(cube_x.abs().max()) < 0.5
+
+
+@pytest.mark.parametrize("frame", ["object", "volume"])
 @pytest.mark.parametrize("augment", [None, Augmentation(max_rotation_deg=30)])
-def test_every_masked_pixel_points_into_its_class(cache_dir, augment):
+def test_every_masked_pixel_points_into_its_class(cache_dir, augment, frame):
     """Mask and pointmap stay aligned through crop, resize and augmentation: the 3-D point of each
     masked pixel lies in a voxel of that class, in the crop (denormalised) and in the full frame."""
     manifest = load_manifest(cache_dir)
     case = manifest["cases"][2]
-    ds = SliceClassDataset(cache_dir, manifest, [case["case_id"]], (40, 40), augment=augment, seed=1)
+    ds = SliceClassDataset(cache_dir, manifest, [case["case_id"]], (40, 40), augment=augment, seed=1, frame=frame,
+                           cube_resolution=16)
     affine_inv = np.linalg.inv(np.array(case["affine"]))
     sdf = np.load(cache_dir / case["sdf_path"])
     for index in range(0, len(ds), max(1, len(ds) // 12)):
@@ -66,8 +95,12 @@ def test_every_masked_pixel_points_into_its_class(cache_dir, augment):
         world = (item["pointmap"][:, crop_mask] * item["pointmap_scale"] + item["pointmap_shift"][:, None]).numpy()
         ijk = np.rint(affine_inv[:3, :3] @ world + affine_inv[:3, 3:4]).astype(int)
         assert crop_mask.any() and np.all(inside_class[tuple(ijk)] < 0)
-        full = item["rgb_pointmap"][:, item["rgb_image_mask"][0] > 0.5].numpy()
-        ijk = np.rint((full + 1) / 2 * 63).astype(int)
+        full = item["rgb_pointmap"][:, item["rgb_image_mask"][0] > 0.5]
+        if frame == "object":
+            world = (full * item["pointmap_scale"] + item["pointmap_shift"][:, None]).numpy()
+            ijk = np.rint(affine_inv[:3, :3] @ world + affine_inv[:3, 3:4]).astype(int)
+        else:
+            ijk = np.rint((full.numpy() + 1) / 2 * 63).astype(int)
         assert np.all(inside_class[tuple(ijk)] < 0)
 
 

@@ -6,8 +6,8 @@ import torch
 from sam3d_med.data.dataset import load_manifest
 from sam3d_med.model.config import VAEConfig
 from sam3d_med.model.vae import SparseStructureDecoder
-from sam3d_med.train.latent_targets import (InversionSettings, decoder_fingerprint, ensure_latent_targets,
-                                            invert_decoder, round_trip_summary)
+from sam3d_med.train.latent_targets import (InversionSettings, case_occupancies, decoder_fingerprint,
+                                            ensure_latent_targets, invert_decoder, round_trip_summary)
 
 
 def small_decoder(seed=0, channels=(16, 8, 4)):
@@ -50,8 +50,8 @@ def test_targets_are_cached_per_case_resumable_and_reported(cache_dir, tmp_path)
     cases = manifest["cases"][:2]
     decoder = small_decoder(channels=(8, 4, 4))
     settings = InversionSettings(steps=3, batch_size=4)
-    folder = ensure_latent_targets(cache_dir, cases, decoder, settings, torch.device("cpu"), (8, 16, 16, 16),
-                                   progress=False)
+    folder = ensure_latent_targets(cache_dir, cases, decoder, settings, torch.device("cpu"), (8, 16, 16, 16), 64,
+                                   frame="volume", progress=False)
     assert folder.parent.name == "latent_targets" and (folder / "settings.json").is_file()
     identity = json.loads((folder / "settings.json").read_text())
     assert identity["decoder_sha256"] == decoder_fingerprint(decoder) and identity["settings"]["steps"] == 3
@@ -64,13 +64,21 @@ def test_targets_are_cached_per_case_resumable_and_reported(cache_dir, tmp_path)
     # a re-run computes nothing; a removed case record is redone
     stamp = (folder / f"{cases[1]['case_id']}.npy").stat().st_mtime_ns
     (folder / f"{cases[0]['case_id']}.json").unlink()
-    ensure_latent_targets(cache_dir, cases, decoder, settings, torch.device("cpu"), (8, 16, 16, 16), progress=False)
+    ensure_latent_targets(cache_dir, cases, decoder, settings, torch.device("cpu"), (8, 16, 16, 16), 64,
+                          frame="volume", progress=False)
     assert (folder / f"{cases[0]['case_id']}.json").is_file()
     assert (folder / f"{cases[1]['case_id']}.npy").stat().st_mtime_ns == stamp
-    # other decoder weights or settings: another folder
+    # other decoder weights, settings or frame: another folder
     other = ensure_latent_targets(cache_dir, cases[:1], small_decoder(seed=1, channels=(8, 4, 4)), settings,
-                                  torch.device("cpu"), (8, 16, 16, 16), progress=False)
+                                  torch.device("cpu"), (8, 16, 16, 16), 64, frame="volume", progress=False)
     assert other != folder
+    cubes = ensure_latent_targets(cache_dir, cases[:1], decoder, settings, torch.device("cpu"), (8, 16, 16, 16), 64,
+                                  frame="object", progress=False)
+    assert cubes != folder and json.loads((cubes / "settings.json").read_text())["frame"] == "object"
+    cube_occupancy = case_occupancies(cache_dir, cases[0], "object", 64)
+    assert cube_occupancy.shape == (sdf.shape[0], 64, 64, 64)
+    for k in range(sdf.shape[0]):  # each present class fills a good part of its own cube
+        assert (0.05 < cube_occupancy[k].mean() < 0.7) == bool((sdf[k] < 0).any())
     line, worst = round_trip_summary(folder, cases, {1: "left_atrium"})
     assert 0 <= worst <= 1
     assert line.startswith("round trip, Dice of decoder(target latent) vs true occupancy") and "left_atrium" in line

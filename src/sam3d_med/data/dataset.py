@@ -3,16 +3,22 @@
 Inputs are built the way SAM3D's sparse-structure stage expects them, at ``crop_size`` (S x S):
 - crop: a square box around the class's mask, ``BOX_FACTOR`` x its larger side, centred on it
   (parts outside the slice are padding): ``image`` (3,S,S) bilinear, ``mask`` (1,S,S) and
-  ``pointmap`` (3,S,S) nearest; the pointmap is normalised object-centrically (SAM3D's
-  "ObjectCentricSSI"): minus the median of the masked points, divided by the median over masked
-  pixels of max_axis |p - shift|. Padding has NaN points (= "no point").
-- full frame: the whole slice padded to a square: ``rgb_image``, ``rgb_image_mask``, and
-  ``rgb_pointmap`` given in **volume grid coordinates** scaled to [-1, 1] per axis (the inverse
-  affine of the world point). That is our medical adaptation: it tells the model where the slice
-  lies in the 64^3 grid that its output occupancy is defined on.
-The normalisation is returned with the sample (``pointmap_shift`` in mm, ``pointmap_scale``).
-Targets: ``occupancy`` (1, I, J, K) = label == class and ``sdf`` (1, I, J, K) in mm, on the cache's
-canonical grid; ``axis``/``slice_idx`` locate the input slice in it.
+  ``pointmap`` (3,S,S) nearest. Padding has NaN points (= "no point").
+- full frame: the whole slice padded to a square: ``rgb_image``, ``rgb_image_mask``, ``rgb_pointmap``.
+The pointmaps depend on the target frame (``FRAMES``):
+- ``object`` (default; SAM3D as built): both pointmaps normalised as the official preprocessor does
+  (ObjectCentricSSI with the scene scale, ``object_frame.normalisation_of_slice``): minus the median
+  of the slice's masked points, divided by the median over the slice's pixels of max_axis |p - shift|.
+  The targets are the structure in its own cube and the pose of that cube (``object_frame``).
+- ``volume`` (the earlier formulation, kept for comparison): the crop's pointmap normalised
+  object-centrically over its masked pixels, the full frame's in volume grid coordinates in [-1, 1]
+  (where the slice lies in the 64^3 grid that the output occupancy is then defined on).
+The normalisation is returned with the sample (``pointmap_shift`` in mm, ``pointmap_scale`` in mm:
+world mm = pointmap * scale + shift). Targets on the cache's canonical grid: ``occupancy``
+(1, I, J, K) = label == class and ``sdf`` (1, I, J, K) in mm; ``axis``/``slice_idx`` locate the
+input slice in it; ``affine`` (4, 4). In the object frame also: ``cube_centre_mm`` (3,),
+``cube_side_mm``, ``cube_sdf`` (1, n, n, n) mm and ``cube_occupancy`` at the cube's cells, and the
+input slice as it is in the cache, ``slice_points`` (3, H, W) world mm with ``slice_mask`` (1, H, W).
 
 Augmentation (training only): intensity jitter of the images, and one small in-plane rotation and
 scale applied through the same sampling grid to image, mask and pointmap of both views, so every
@@ -34,9 +40,11 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from ..io.npz import read_npz
 from .geometry import take_slice
+from .object_frame import DEFAULT_CUBE_MARGIN, ObjectCube, cube_sdf_mm, normalisation_of_slice, object_cube
 from .preprocess import MANIFEST_NAME, PREPROCESS_VERSION
 
 BOX_FACTOR = 1.2
+FRAMES = ("object", "volume")
 
 
 def load_manifest(cache_dir: str | Path) -> dict:
@@ -118,12 +126,19 @@ def object_centric(pointmap: torch.Tensor, mask: torch.Tensor):
     return (pointmap - shift[:, None, None]) / scale, shift, scale
 
 
+def check_frame(frame: str) -> str:
+    if frame not in FRAMES:
+        raise InputError(f"data.target_frame must be one of {FRAMES} (got {frame!r})")
+    return frame
+
+
 def condition_inputs(image: torch.Tensor, mask: torch.Tensor, pointmap: torch.Tensor, affine: np.ndarray,
                      shape_ijk: tuple[int, int, int], size: int, angle: float = 0.0, scale: float = 1.0,
-                     jitter: tuple[float, float] | None = None) -> dict:
+                     jitter: tuple[float, float] | None = None, frame: str = "object") -> dict:
     """The model's inputs from one slice: ``image`` (3,H,W) in [0,1], ``mask`` (1,H,W) of the class,
     ``pointmap`` (3,H,W) world mm, on a grid of ``shape_ijk`` with ``affine``; ``angle`` (radians),
-    ``scale`` and ``jitter`` (contrast, brightness) are the augmentation (none by default)."""
+    ``scale`` and ``jitter`` (contrast, brightness) are the augmentation (none by default); ``frame``
+    chooses the pointmaps' normalisation (module doc)."""
     if jitter is not None:
         image = (image * jitter[0] + jitter[1]).clamp(0, 1)
     H, W = mask.shape[1:]
@@ -134,7 +149,16 @@ def condition_inputs(image: torch.Tensor, mask: torch.Tensor, pointmap: torch.Te
     side = BOX_FACTOR * (max(rows.max() - rows.min(), cols.max() - cols.min()).item() + 1)
     crop = _views(image, mask, pointmap, _square_grid(centre, side, size, (H, W), angle, scale))
     full = _views(image, mask, pointmap, _square_grid(((H - 1) / 2, (W - 1) / 2), max(H, W), size, (H, W), angle, scale))
-    # full-frame points in volume grid coordinates, [-1, 1] per axis
+    if check_frame(frame) == "object":
+        # moments of the whole slice as it is (before any augmentation), applied to both views
+        shift_mm, scale_mm = normalisation_of_slice(pointmap.numpy(), mask[0].numpy())
+        shift = torch.tensor(shift_mm, dtype=torch.float32)
+        point_scale = torch.tensor(scale_mm, dtype=torch.float32)
+        return {"image": crop[0], "mask": crop[1], "pointmap": (crop[2] - shift[:, None, None]) / point_scale,
+                "pointmap_shift": shift, "pointmap_scale": point_scale,  # world mm = pointmap * scale + shift
+                "rgb_image": full[0], "rgb_image_mask": full[1],
+                "rgb_pointmap": (full[2] - shift[:, None, None]) / point_scale}
+    # volume frame: full-frame points in volume grid coordinates, [-1, 1] per axis
     inv = torch.from_numpy(np.linalg.inv(affine)).float()
     ijk = torch.einsum("ab,bhw->ahw", inv[:3, :3], full[2]) + inv[:3, 3, None, None]
     grid_points = 2 * ijk / torch.tensor(shape_ijk, dtype=torch.float32)[:, None, None].sub(1) - 1
@@ -147,11 +171,15 @@ def condition_inputs(image: torch.Tensor, mask: torch.Tensor, pointmap: torch.Te
 class SliceClassDataset(Dataset):
     def __init__(self, cache_dir: str | Path, manifest: dict, case_ids: list[str], crop_size: tuple[int, int],
                  min_pixels: int = 10, augment: Augmentation | None = None, seed: int = 0,
-                 latent_dir: str | Path | None = None):
+                 latent_dir: str | Path | None = None, frame: str = "object", cube_resolution: int = 64,
+                 cube_margin: float = DEFAULT_CUBE_MARGIN):
         """``latent_dir``: folder of precomputed flow targets (``<case>.npy``, float32 (C, c, R, R, R),
-        one latent per class 1..C); each sample then also holds ``shape_latent`` (c, R, R, R)."""
+        one latent per class 1..C, in ``frame``); each sample then also holds ``shape_latent``
+        (c, R, R, R). ``cube_resolution``: cells per side of the object cube (the decoder's output)."""
         self.cache_dir = Path(cache_dir)
         self.latent_dir = Path(latent_dir) if latent_dir is not None else None
+        self.frame = check_frame(frame)
+        self.cube_resolution, self.cube_margin = int(cube_resolution), float(cube_margin)
         if crop_size[0] != crop_size[1]:
             raise InputError(f"data.preprocess_crop_size must be square (SAM3D crops are square), got {list(crop_size)}")
         self.size = int(crop_size[0])
@@ -168,6 +196,7 @@ class SliceClassDataset(Dataset):
                     if count >= min_pixels:
                         self.samples.append((case_id, entry, int(cls)))
         self._sdf_cache: dict[str, np.ndarray] = {}
+        self._cubes: dict[tuple[str, int], ObjectCube] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -183,6 +212,14 @@ class SliceClassDataset(Dataset):
                 raise InputError(f"{path}: signed distance file missing from the cache")
             self._sdf_cache[case_id] = np.load(path, mmap_mode="r")
         return self._sdf_cache[case_id]
+
+    def cube(self, case_id: str, cls: int) -> ObjectCube:
+        """The object cube of a class of a case (``object_frame.object_cube``), computed once."""
+        key = (case_id, cls)
+        if key not in self._cubes:
+            affine = np.asarray(self.cases[case_id]["affine"], dtype=np.float64)
+            self._cubes[key] = object_cube(np.asarray(self._sdf(case_id)[cls - 1]) < 0, affine, self.cube_margin)
+        return self._cubes[key]
 
     def __getitem__(self, index: int) -> dict:
         case_id, entry, cls = self.samples[index]
@@ -200,14 +237,22 @@ class SliceClassDataset(Dataset):
             scale = rng.uniform(*self.augment.scale_range)
             jitter = (rng.uniform(*self.augment.contrast_range), rng.uniform(-1, 1) * self.augment.brightness)
         shape = tuple(self.cases[case_id]["shape_ijk"])
-        sample = condition_inputs(image, mask, pointmap, affine, shape, self.size, angle, scale, jitter)
-        sdf = torch.from_numpy(np.array(self._sdf(case_id)[cls - 1], dtype=np.float32))[None]
+        sample = condition_inputs(image, mask, pointmap, affine, shape, self.size, angle, scale, jitter, self.frame)
+        sdf_volume = np.array(self._sdf(case_id)[cls - 1], dtype=np.float32)
+        sdf = torch.from_numpy(sdf_volume)[None]
+        if self.frame == "object":
+            cube = self.cube(case_id, cls)
+            cube_sdf = torch.from_numpy(cube_sdf_mm(sdf_volume, affine, cube, self.cube_resolution))[None]
+            sample.update(cube_centre_mm=torch.tensor(cube.centre_mm, dtype=torch.float32),
+                          cube_side_mm=torch.tensor(cube.side_mm, dtype=torch.float32),
+                          cube_sdf=cube_sdf, cube_occupancy=(cube_sdf < 0).float(),
+                          slice_points=pointmap, slice_mask=mask)
         if self.latent_dir is not None:
             latents = np.load(self.latent_dir / f"{case_id}.npy", mmap_mode="r")
             sample["shape_latent"] = torch.from_numpy(np.array(latents[cls - 1], dtype=np.float32))
         return {
             **sample,
-            "occupancy": (sdf < 0).float(), "sdf": sdf,
+            "occupancy": (sdf < 0).float(), "sdf": sdf, "affine": torch.from_numpy(np.asarray(affine, dtype=np.float64)),
             "axis": int(entry["axis"]), "slice_idx": int(entry["slice_idx"]), "class_id": cls,
             "case_index": self.case_index[case_id],
         }

@@ -9,16 +9,22 @@ Geometry, step by step:
    rows along the first remaining array axis, columns along the second) at each canonical pixel's
    in-plane position, nearest pixel.
 3. The model's inputs are built from that slice exactly as in training (``condition_inputs``).
-4. The predicted probability (on the canonical grid) is sampled back at the world position of every
-   voxel of the scan's own grid (linear interpolation), so the output NIfTI has the scan's shape,
-   affine and orientation and overlays it in 3D Slicer / ITK-SNAP. The mask is probability >= 0.5.
-5. The surface mesh (world mm, outward normals) is extracted on the canonical grid.
+4. The reconstruction is brought onto the canonical grid: in the object frame the predicted shape
+   (its own cube) is placed by the predicted pose (``model.placement``), any grid size; in the volume
+   frame the decoded grid is the canonical grid, which must then be 64^3. By default the input
+   plane is then set to the input mask (``impose_input_slice``): that slice is given, not predicted.
+5. The probability is sampled back at the world position of every voxel of the scan's own grid
+   (linear interpolation), so the output NIfTI has the scan's shape, affine and orientation and
+   overlays it in 3D Slicer / ITK-SNAP. The mask is probability >= 0.5.
+6. The surface mesh (world mm, outward normals) is extracted in the object cube (finer than the scan
+   for a small structure) and mapped to world mm by the pose; in the volume frame on the grid.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -32,6 +38,7 @@ from ..data.surfaces import mask_surface_mesh, mesh_obj_text, voxel_volume_mm3
 from ..errors import InputError
 from ..io.atomic import atomic_path, atomic_write_text
 from ..io.nifti import Volume, load_volume, save_volume
+from ..model.placement import grid_points_mm, impose_input_slice, reconstruct_on_grid
 
 
 def read_mask_png(path: Path, shape_hw: tuple[int, int] | None = None) -> np.ndarray:
@@ -84,15 +91,15 @@ class CanonicalSlice:
                                           mode="constant", cval=0.0)
         return sampled > 0.5
 
-    def model_inputs(self, mask_canonical: np.ndarray, crop_size: int) -> dict:
+    def model_inputs(self, mask_canonical: np.ndarray, crop_size: int, frame: str) -> dict:
         """``condition_inputs`` of this slice with a canonical-grid mask [H, W] (as in training)."""
         image3 = take_slice(window_ct(self.image.data), self.axis, self.index, leading=1)
         return slice_model_inputs(image3, mask_canonical, self.image.affine, self.image.data.shape, self.axis,
-                                  self.index, crop_size)
+                                  self.index, crop_size, frame)
 
 
 def slice_model_inputs(image3_plane: np.ndarray, mask_plane: np.ndarray, affine: np.ndarray, shape_ijk, axis: int,
-                       index: int, crop_size: int) -> dict:
+                       index: int, crop_size: int, frame: str) -> dict:
     """``condition_inputs`` of slice ``index`` along ``axis`` of a grid (``shape_ijk``, ``affine``):
     ``image3_plane`` (3, H, W) CT windows in [0, 1], ``mask_plane`` [H, W]; the pointmap is the world
     position (mm) of every pixel's voxel centre, as in the cache."""
@@ -100,19 +107,21 @@ def slice_model_inputs(image3_plane: np.ndarray, mask_plane: np.ndarray, affine:
     return condition_inputs(torch.from_numpy(np.ascontiguousarray(image3_plane, dtype=np.float32)),
                             torch.from_numpy(np.asarray(mask_plane, dtype=np.float32))[None],
                             torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)), affine, tuple(shape_ijk),
-                            crop_size)
+                            crop_size, frame=frame)
 
 
-def canonical_slice(image: Volume, axis: int, slice_idx: int, spacing_mm: float, resolution: int,
+def canonical_slice(image: Volume, axis: int, slice_idx: int, spacing_mm: float, resolution: int | None,
                     source: str | Path = "the image") -> CanonicalSlice:
-    """The stored slice ``slice_idx`` along stored ``axis`` on the model's grid (see module doc)."""
+    """The stored slice ``slice_idx`` along stored ``axis`` on the model's grid (see module doc).
+    ``resolution``: the side the canonical grid must have (the volume frame's n^3), or None (object
+    frame: any grid)."""
     if axis not in (0, 1, 2):
         raise InputError(f"--axis must be 0, 1 or 2 (got {axis})")
     if not 0 <= slice_idx < image.data.shape[axis]:
         raise InputError(f"--slice_idx {slice_idx} is outside the image's {image.data.shape[axis]} slices along axis {axis}")
     canon_image = canonical_resampled(image, spacing_mm, order=1)
     shape = canon_image.data.shape
-    if shape != (resolution,) * 3:
+    if resolution is not None and shape != (resolution,) * 3:
         raise InputError(f"{source}: at {spacing_mm} mm the volume is {shape}; the model predicts a "
                          f"{resolution}^3 grid: crop the scan around the heart to {resolution}^3 voxels of {spacing_mm} mm "
                          f"(as the training data)")
@@ -128,17 +137,54 @@ def canonical_slice(image: Volume, axis: int, slice_idx: int, spacing_mm: float,
     return CanonicalSlice(canon_image, canon_axis, index, np.moveaxis(np.delete(stored, axis, axis=-1), -1, 0))
 
 
-def reconstruct_logits(model, inputs: list[dict], *, seed: int = 0, sampler=None, device: str = "cpu",
-                       batch_size: int = 8) -> np.ndarray:
-    """Occupancy logits (N, I, J, K) on the model's grid for N ``condition_inputs``, in batches."""
-    keys = ("image", "rgb_image", "mask", "rgb_image_mask", "pointmap", "rgb_pointmap")
+@dataclass
+class Reconstruction:
+    """One reconstruction on a grid, and where its surface is best extracted."""
+
+    logits: np.ndarray  # [i, j, k] on the grid it was asked for
+    surface_logits: np.ndarray  # object frame: the cube's logits [a, b, c]; volume frame: ``logits``
+    surface_affine: np.ndarray  # (4, 4): index of ``surface_logits`` -> world mm
+
+
+def cube_affine(rotation: np.ndarray, translation_mm: np.ndarray, scale_mm: np.ndarray, n: int) -> np.ndarray:
+    """(4, 4) from cell index [a, b, c] of an n^3 cube to world mm under the pose p = R (s * x) + t,
+    x = (index + 0.5) / n - 0.5."""
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(rotation) @ np.diag(np.asarray(scale_mm) / n)
+    affine[:3, 3] = np.asarray(translation_mm) + np.asarray(rotation) @ (np.asarray(scale_mm) * (0.5 / n - 0.5))
+    return affine
+
+
+def reconstruct_logits(model, inputs: list[dict], shape_ijk, affine: np.ndarray, *, frame: str, seed: int = 0,
+                       sampler=None, device: str = "cpu", batch_size: int = 8,
+                       input_slices: Sequence[tuple[int, int, np.ndarray]] | None = None) -> list[Reconstruction]:
+    """N ``condition_inputs`` -> N reconstructions on the grid (``shape_ijk``, ``affine``), in batches.
+
+    ``input_slices``: per input, (axis, index, mask [H, W]) of its slice on that grid; given, the
+    prediction on that plane is set to the mask (``impose_input_slice``)."""
+    points = grid_points_mm(shape_ijk, affine, device) if frame == "object" else None
     out = []
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start:start + batch_size]
-        batch = {k: torch.stack([item[k] for item in chunk]).to(device) for k in keys}
+        batch = {k: torch.stack([item[k] for item in chunk]).to(device) for k in chunk[0]}
         with torch.no_grad():
-            out.append(model.reconstruct(batch, seed=seed, sampler=sampler)[:, 0].float().cpu().numpy())
-    return np.concatenate(out)
+            result = reconstruct_on_grid(model, batch, frame, points, seed=seed, sampler=sampler)
+            logits = result.logits
+            if input_slices is not None:
+                planes = input_slices[start:start + batch_size]
+                logits = impose_input_slice(logits, [a for a, _, _ in planes], [i for _, i, _ in planes],
+                                            torch.from_numpy(np.stack([m for _, _, m in planes]).astype(np.float32)))
+        logits = logits.float().cpu().numpy()
+        for b in range(logits.shape[0]):
+            if frame == "object":
+                pose = result.pose_world
+                cube = result.cube_logits[b, 0].float().cpu().numpy()
+                out.append(Reconstruction(logits[b], cube, cube_affine(pose.rotation[b].cpu().numpy(),
+                                                                       pose.translation[b].cpu().numpy(),
+                                                                       pose.scale[b].cpu().numpy(), cube.shape[0])))
+            else:
+                out.append(Reconstruction(logits[b], logits[b], np.asarray(affine, dtype=np.float64)))
+    return out
 
 
 def surface_of_logits(logits_ijk: np.ndarray, affine: np.ndarray):
@@ -160,10 +206,12 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
                    mask_png: str | Path | None = None, label_path: str | Path | None = None, class_id: int | None = None,
                    spacing_mm: float = 3.0, crop_size: int = 256, sampler=None, seed: int = 0,
                    probability_path: str | Path | None = None, mesh_path: str | Path | None = None,
-                   device: str = "cpu") -> dict:
-    """Write the predicted mask (uint8 NIfTI on the input's grid); optionally probabilities and a mesh."""
+                   device: str = "cpu", frame: str = "object", input_slice: bool = True) -> dict:
+    """Write the predicted mask (uint8 NIfTI on the input's grid); optionally probabilities and a mesh.
+    ``input_slice``: the prediction on the input plane is the input mask (module doc, step 4)."""
     image = load_volume(image_path, "image", canonical=False)
-    view = canonical_slice(image, axis, slice_idx, spacing_mm, model.cfg.occupancy_resolution, image_path)
+    view = canonical_slice(image, axis, slice_idx, spacing_mm,
+                           model.cfg.occupancy_resolution if frame == "volume" else None, image_path)
     plane_shape = tuple(n for a, n in enumerate(image.data.shape) if a != axis)
     if label_path is not None:
         if class_id is None:
@@ -179,9 +227,11 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
     mask_canon = view.mask_from_stored(mask_plane)
     if not mask_canon.any():
         raise InputError("the mask does not reach any pixel of the model's grid (too small for its spacing)")
-    logits = reconstruct_logits(model, [view.model_inputs(mask_canon, crop_size)], seed=seed, sampler=sampler,
-                                device=device)[0]
-    prob_canonical = special.expit(logits.astype(np.float64))
+    reconstruction = reconstruct_logits(
+        model, [view.model_inputs(mask_canon, crop_size, frame)], view.image.data.shape, view.image.affine, frame=frame,
+        seed=seed, sampler=sampler, device=device,
+        input_slices=[(view.axis, view.index, mask_canon)] if input_slice else None)[0]
+    prob_canonical = special.expit(reconstruction.logits.astype(np.float64))
 
     prob = back_to_input_grid(prob_canonical, view.image.affine, image.data.shape, image.affine)
     predicted = prob >= 0.5
@@ -191,7 +241,7 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
         save_volume(probability_path, prob.astype(np.float32), image.affine, dtype=np.float32)
         written["probability"] = str(probability_path)
     if mesh_path:
-        mesh = surface_of_logits(logits, view.image.affine)
+        mesh = surface_of_logits(reconstruction.surface_logits, reconstruction.surface_affine)
         if mesh is None:
             raise InputError("the prediction is empty: no surface to write")
         write_mesh(mesh, mesh_path)

@@ -3,9 +3,12 @@
 For every test case and every class present in it, and for each slicing axis of the cache, one
 conditioning slice is chosen by ``policy`` ("max_area": the slice with the largest area of that class,
 the default; "center": the slice through the class's centroid). The model samples a reconstruction
-(steps, guidance and seed from the checkpoint's model settings unless overridden), thresholded at
-logit 0 (probability 0.5), and is scored against the ground truth on the 64^3 grid with the case's
-spacing (``metrics.segmentation_metrics``). Sampler settings: the model's, overridden by the
+(steps, guidance and seed from the checkpoint's model settings unless overridden), brought onto the
+case's grid in the checkpoint's target frame (object frame: the predicted shape placed by the
+predicted pose, ``model.placement``), its input plane set to the input mask unless
+``input_slice_constraint`` is off (that slice is given, not predicted), thresholded at logit 0
+(probability 0.5), and scored against the ground truth on the case's grid with its spacing
+(``metrics.segmentation_metrics``). Sampler settings: the model's, overridden by the
 checkpoint's validation settings (what its validation Dice was measured with), overridden by the
 command line. Two baselines are scored on the same samples:
 - ``mean_shape``: the training cases' mean occupancy of the class, thresholded at 0.5;
@@ -39,6 +42,7 @@ from ..data.dataset import SliceClassDataset, cached_case_volumes, load_manifest
 from ..data.geometry import bounding_box
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_json, atomic_write_text
+from ..model.placement import grid_points_mm, impose_input_slice, reconstruct_on_grid
 from ..train.losses import CONDITION_KEYS
 from ..train.trainer import load_model_from_checkpoint, sampler_settings
 from .metrics import DEFAULT_NSD_TOLERANCES_MM, segmentation_metrics, summarize
@@ -69,6 +73,7 @@ class EvalOptions:
     train_cache: str | None = None  # default: the training cache named in the checkpoint
     max_cases: int | None = None
     save_viz: bool = False  # per-case comparison grid + surfaces in visualizations/ (the report shows them)
+    input_slice_constraint: bool = True  # the prediction on the input plane is the input mask
 
 
 def choose_slices(case: dict, axes, policy: str) -> list[tuple[dict, int]]:
@@ -125,8 +130,9 @@ class TrainingPriors:
         return out
 
 
-def _protocol(options: EvalOptions, sampler, checkpoint: Path) -> dict:
+def _protocol(options: EvalOptions, sampler, checkpoint: Path, frame: str) -> dict:
     doc = {"policy": options.policy, "threshold": "logit > 0 (p > 0.5)", "sampler": dataclasses.asdict(sampler),
+           "target_frame": frame, "input_slice_constraint": options.input_slice_constraint,
            "seed": options.seed, "nsd_tolerances_mm": list(options.nsd_tolerances_mm),
            "checkpoint": str(checkpoint), "baselines": ["mean_shape", "extrude"]}
     doc["id"] = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -144,7 +150,8 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Pa
     cfg = payload["config"]
     manifest = load_manifest(data_root)
     sampler = sampler_settings(model.cfg.sampler, cfg.get("validation", {}), options.steps, options.guidance)
-    protocol = _protocol(options, sampler, checkpoint)
+    frame = cfg["data"].get("target_frame", "volume")
+    protocol = _protocol(options, sampler, checkpoint, frame)
 
     train_cache = Path(options.train_cache or cfg["data"]["slice_cache_dir"])
     if not (train_cache / "manifest.json").is_file():
@@ -181,22 +188,29 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Pa
     if len(todo) < len(cases):
         log(f"{len(cases) - len(todo)} cases already scored with this protocol (delete {cases_dir} to redo)")
     for case in tqdm(todo, desc="evaluate", unit="case"):
-        dataset = SliceClassDataset(data_root, manifest, [case["case_id"]], crop, min_pixels=1)
+        dataset = SliceClassDataset(data_root, manifest, [case["case_id"]], crop, min_pixels=1, frame=frame,
+                                    cube_resolution=model.cfg.occupancy_resolution,
+                                    cube_margin=float(cfg["data"].get("cube_margin", 0.1)))
         dataset.samples = [(case["case_id"], entry, cls) for entry, cls in choose_slices(case, axes, options.policy)]
         loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False)
         spacing = case["spacing_mm"]
+        points = grid_points_mm(case["shape_ijk"], np.asarray(case["affine"]), device) if frame == "object" else None
         case_records = []
         viz_logits, viz_slices = {}, {}
         position = 0
         for batch in loader:
-            inputs = {k: batch[k].to(device) for k in CONDITION_KEYS}
+            inputs = {k: batch[k].to(device) for k in (*CONDITION_KEYS, "pointmap_shift", "pointmap_scale")}
             with torch.no_grad():
-                logits = model.reconstruct(inputs, seed=options.seed, sampler=sampler)
+                logits = reconstruct_on_grid(model, inputs, frame, points, seed=options.seed, sampler=sampler).logits
+                if options.input_slice_constraint:
+                    planes = torch.stack([batch["occupancy"][b, 0].select(int(a), int(i)) for b, (a, i)
+                                          in enumerate(zip(batch["axis"], batch["slice_idx"]))])
+                    logits = impose_input_slice(logits, batch["axis"], batch["slice_idx"], planes)
             for b in range(logits.shape[0]):
                 _, entry, cls = dataset.samples[position]
                 position += 1
                 truth = batch["occupancy"][b, 0].numpy() > 0.5
-                model_logits = logits[b, 0].float().cpu().numpy()
+                model_logits = logits[b].float().cpu().numpy()
                 if options.save_viz and entry["axis"] == viz_axis:
                     viz_logits[cls] = model_logits
                     viz_slices[cls] = entry["slice_idx"]

@@ -53,6 +53,24 @@ def flow_matching_loss(backbone, x1: dict[str, torch.Tensor], cond: torch.Tensor
     return FlowLossOutput(loss=loss, per_latent=per_latent, t=t, x1_estimate=estimate)
 
 
+def _noise(latent_shapes: dict[str, tuple[int, int]], batch: int, seed: int, device) -> dict[str, torch.Tensor]:
+    """Seeded float32 noise per latent (drawn on the CPU: the same numbers on any device)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return {k: torch.randn((batch, *s), generator=generator).to(device=device) for k, s in latent_shapes.items()}
+
+
+@torch.no_grad()
+def one_step_latents(backbone, cond: torch.Tensor, latent_shapes: dict[str, tuple[int, int]], cfg: SamplerConfig,
+                     seed: int = 0) -> dict[str, torch.Tensor]:
+    """The one-step estimate of the data from pure noise: x0 + v(x0, t = 0) (conditional, unguided).
+    What the network predicts where the task is hardest: nothing of the answer is in its input."""
+    B, device = cond.shape[0], cond.device
+    x0 = _noise(latent_shapes, B, seed, device)
+    zero = torch.zeros(B, device=device)
+    v = backbone(x0, zero, cond, d=zero)
+    return {k: x0[k] + v[k].to(x0[k].dtype) for k in x0}
+
+
 def time_grid(steps: int, rescale_t: float) -> torch.Tensor:
     t = torch.linspace(0.0, 1.0, steps + 1)
     return t / (1 + (rescale_t - 1) * (1 - t))
@@ -66,9 +84,7 @@ def sample_latents(backbone, cond: torch.Tensor, latent_shapes: dict[str, tuple[
     ``latent_shapes``: name -> (tokens, channels). Returns name -> (B, tokens, channels).
     """
     B, device = cond.shape[0], cond.device
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    x = {k: torch.randn((B, *s), generator=generator).to(device=device)  # float32 state, any model precision
-         for k, s in latent_shapes.items()}
+    x = _noise(latent_shapes, B, seed, device)  # float32 state, any model precision
     uncond = torch.zeros_like(cond)
     grid = time_grid(cfg.steps, cfg.rescale_t).tolist()
     for t0, t1 in zip(grid[:-1], grid[1:]):

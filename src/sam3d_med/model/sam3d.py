@@ -13,13 +13,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .condition import ConditionEmbedder
+from .condition import STREAMS, ConditionEmbedder
 from .config import ModelConfig, get_preset
 from ..errors import ConfigError
-from .flow_matching import sample_latents
-from .flow_transformer import SHAPE, SparseStructureFlow
-from .pose import check_convention, encode_pose, identity_pose
+from .flow_matching import one_step_latents, sample_latents
+from .flow_transformer import POSE_MEMBERS, SHAPE, SparseStructureFlow
+from .pose import Pose, check_convention, decode_pose, encode_pose, identity_pose
 from .vae import SparseStructureDecoder, SparseStructureEncoder, latent_cube_to_tokens, tokens_to_latent_cube
+
+CONDITION_INPUTS = tuple(name for _, name, _ in STREAMS)
 
 
 class SparseStructureModel(nn.Module):
@@ -37,13 +39,14 @@ class SparseStructureModel(nn.Module):
         with torch.device(device or "cpu"):
             return cls(get_preset(name))
 
-    def latent_targets(self, occupancy: torch.Tensor | None = None,
-                       shape_latents: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Flow targets: shape tokens and the pose latents of the identity pose (the volume frame:
-        the shape grid is the scan's grid), in the release's normalised pose convention.
+    def latent_targets(self, occupancy: torch.Tensor | None = None, shape_latents: torch.Tensor | None = None,
+                       pose: Pose | None = None) -> dict[str, torch.Tensor]:
+        """Flow targets: shape tokens and the four pose latents in the release's normalised convention.
 
         Shape tokens come from ``shape_latents`` (B, C, R, R, R) when given (decoder-inversion targets),
-        else from the SS encoder's mean of ``occupancy`` (B, 1, N, N, N)."""
+        else from the SS encoder's mean of ``occupancy`` (B, 1, N, N, N). ``pose``: the object's pose in
+        the normalised pointmap frame (object frame); None: the identity (volume frame: the shape
+        grid is the scan's grid)."""
         if shape_latents is None:
             if self.encoder is None:
                 raise ConfigError("this model has no SS encoder (Meta did not release it): flow targets must "
@@ -52,7 +55,7 @@ class SparseStructureModel(nn.Module):
                 shape_latents = self.encoder(occupancy)
         targets = {SHAPE: latent_cube_to_tokens(shape_latents.float())}
         B = shape_latents.shape[0]
-        targets.update(encode_pose(identity_pose(B, device=shape_latents.device)))
+        targets.update(encode_pose(pose if pose is not None else identity_pose(B, device=shape_latents.device)))
         return targets
 
     def decode_shape(self, shape_tokens: torch.Tensor) -> torch.Tensor:
@@ -60,22 +63,32 @@ class SparseStructureModel(nn.Module):
         return self.decoder(tokens_to_latent_cube(shape_tokens))
 
     @torch.no_grad()
-    def reconstruct(self, condition_inputs: dict[str, torch.Tensor], seed: int = 0,
-                    sampler=None) -> torch.Tensor:
-        """Condition inputs -> occupancy logits (B, 1, N, N, N), float32, by guided sampling.
+    def generate(self, condition_inputs: dict[str, torch.Tensor], seed: int = 0, sampler=None,
+                 one_step: bool = False) -> tuple[torch.Tensor, Pose]:
+        """Condition inputs -> (occupancy logits (B, 1, N, N, N) float32, pose decoded in the normalised
+        pointmap frame), by guided sampling from seeded noise; with ``one_step`` the one-step estimate
+        from that noise instead, x0 + v(x0, t = 0) (conditional velocity, no guidance).
 
         On CUDA the embedder and decoder run under bf16 autocast and the flow blocks under fp16
         autocast when the release says ``use_fp16`` (as the official pipeline runs them), else bf16;
         the sampler's state stays float32. On a CPU everything is float32."""
         cuda = self.decoder.input_layer.weight.is_cuda
         flow_dtype = torch.float16 if self.cfg.flow.use_fp16 else torch.bfloat16
+        sampler = sampler or self.cfg.sampler
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            cond = self.condition_embedder(**condition_inputs)
+            cond = self.condition_embedder(**{k: condition_inputs[k] for k in CONDITION_INPUTS})
         with torch.autocast("cuda", dtype=flow_dtype, enabled=cuda):
-            latents = sample_latents(self.generator, cond, self.generator.latent_shapes(),
-                                     sampler or self.cfg.sampler, seed)
+            if one_step:
+                latents = one_step_latents(self.generator, cond, self.generator.latent_shapes(), sampler, seed)
+            else:
+                latents = sample_latents(self.generator, cond, self.generator.latent_shapes(), sampler, seed)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            return self.decode_shape(latents[SHAPE]).float()
+            logits = self.decode_shape(latents[SHAPE]).float()
+        return logits, decode_pose({name: latents[name] for name in POSE_MEMBERS})
+
+    def reconstruct(self, condition_inputs: dict[str, torch.Tensor], seed: int = 0, sampler=None) -> torch.Tensor:
+        """Condition inputs -> occupancy logits (B, 1, N, N, N), float32 (``generate`` without the pose)."""
+        return self.generate(condition_inputs, seed, sampler)[0]
 
 
 def parameter_counts(model: SparseStructureModel) -> dict[str, int]:

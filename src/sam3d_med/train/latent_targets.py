@@ -2,8 +2,9 @@
 
 The flow learns to generate the SS VAE's latents x1 of the true occupancy. Meta released the VAE's
 decoder but not its encoder (0-byte placeholder files), so for every (case, class) occupancy O
-(the class's voxels on the case's grid, from the cache's signed distances) the target latent is
-found by inverting the frozen decoder D:
+(in the object frame: the structure in its own cube, ``data.object_frame``; in the volume frame:
+the class's voxels on the case's grid; both from the cache's signed distances) the target latent
+is found by inverting the frozen decoder D:
 
     z* = argmin_z  BCE(D(z), O) + softDice(D(z), O) + l2 * mean(z^2)
 
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.object_frame import DEFAULT_CUBE_MARGIN, cube_sdf_mm, object_cube
 from ..errors import InputError
 from ..io.atomic import atomic_save_npy, atomic_write_json
 
@@ -111,33 +113,51 @@ def invert_decoder(decoder: torch.nn.Module, occupancy: torch.Tensor, settings: 
 
 
 def targets_folder(cache_dir: str | Path, decoder: torch.nn.Module, settings: InversionSettings,
-                   frame: str = "volume") -> tuple[Path, dict]:
+                   frame: str = "object", cube_margin: float = DEFAULT_CUBE_MARGIN) -> tuple[Path, dict]:
     identity = {"format": FORMAT, "decoder_sha256": decoder_fingerprint(decoder), "frame": frame,
                 "settings": asdict(settings)}
+    if frame == "object":
+        identity["cube_margin"] = cube_margin
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir) / TARGETS_DIR / key, identity
 
 
-def _case_occupancy(cache_dir: Path, case: dict) -> np.ndarray:
-    """(C, I, J, K) bool: the case's classes on its grid (the cache's signed distances < 0)."""
+def case_occupancies(cache_dir: Path, case: dict, frame: str, resolution: int,
+                     cube_margin: float = DEFAULT_CUBE_MARGIN) -> np.ndarray:
+    """(C, n, n, n) bool, the case's classes: in the object frame each in its own cube of n^3 cells
+    (a class absent from the case: all False), in the volume frame on the case's grid (the cache's
+    signed distances < 0; the grid must then be n^3)."""
     path = cache_dir / case["sdf_path"]
     if not path.is_file():
         raise InputError(f"{path}: signed distance file missing from the cache")
-    return np.asarray(np.load(path, mmap_mode="r")) < 0
+    sdf = np.asarray(np.load(path, mmap_mode="r"))
+    if frame == "volume":
+        if sdf.shape[1:] != (resolution,) * 3:
+            raise InputError(f"case {case['case_id']}: grid {sdf.shape[1:]} is not the decoder's {resolution}^3 output "
+                             f"(the volume frame needs {resolution}^3 crops)")
+        return sdf < 0
+    affine = np.asarray(case["affine"], dtype=np.float64)
+    out = np.zeros((sdf.shape[0],) + (resolution,) * 3, dtype=bool)
+    for k in range(sdf.shape[0]):
+        if (sdf[k] < 0).any():
+            out[k] = cube_sdf_mm(sdf[k], affine, object_cube(sdf[k] < 0, affine, cube_margin), resolution) < 0
+    return out
 
 
 def ensure_latent_targets(cache_dir: str | Path, cases: list[dict], decoder: torch.nn.Module,
                           settings: InversionSettings, device: torch.device, latent_shape: tuple[int, ...],
+                          resolution: int, frame: str = "object", cube_margin: float = DEFAULT_CUBE_MARGIN,
                           rank: int = 0, world_size: int = 1, progress: bool = True) -> Path:
     """Compute the targets of ``cases`` (manifest entries) that are not cached yet; returns the folder.
 
-    With several processes (DDP) each rank takes every ``world_size``-th case; the caller waits for
-    all ranks before reading. Volumes of all cases are batched together, ``settings.batch_size`` at a
-    time; a case's files are written as soon as all its classes are done."""
+    ``resolution``: the decoder's output side n. With several processes (DDP) each rank takes every
+    ``world_size``-th case; the caller waits for all ranks before reading. Volumes of all cases are
+    batched together, ``settings.batch_size`` at a time; a case's files are written as soon as all
+    its classes are done."""
     from tqdm import tqdm
 
     cache_dir = Path(cache_dir)
-    folder, identity = targets_folder(cache_dir, decoder, settings)
+    folder, identity = targets_folder(cache_dir, decoder, settings, frame, cube_margin)
     folder.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         atomic_write_json(folder / "settings.json", identity)
@@ -145,7 +165,6 @@ def ensure_latent_targets(cache_dir: str | Path, cases: list[dict], decoder: tor
     if not todo:
         return folder
     decoder.eval()
-    resolution = tuple(int(r) for r in todo[0]["shape_ijk"])
     bar = tqdm(total=len(todo), desc="latent targets (decoder inversion)", unit="case", disable=not progress or rank != 0)
     log.info("latent targets: inverting the decoder for %d cases (%d steps per batch of %d volumes) into %s",
              len(todo), settings.steps, settings.batch_size, folder)
@@ -170,9 +189,7 @@ def ensure_latent_targets(cache_dir: str | Path, cases: list[dict], decoder: tor
         pending.clear()
 
     for case in todo:
-        if tuple(case["shape_ijk"]) != resolution:
-            raise InputError(f"case {case['case_id']}: grid {tuple(case['shape_ijk'])} differs from {resolution}")
-        occupancy = _case_occupancy(cache_dir, case)
+        occupancy = case_occupancies(cache_dir, case, frame, resolution, cube_margin)
         present = [k for k in range(occupancy.shape[0]) if occupancy[k].any()]
         results[case["case_id"]] = {"occupancy": occupancy, "left": len(present),
                                     "latents": np.zeros((occupancy.shape[0], *latent_shape), np.float32),

@@ -12,9 +12,12 @@ D (mm) and input slice (axis a_b, index s_b):
   t ~ logit-normal, the whole batch's condition dropped with p = 0.1 and the pointmap streams of a
   sample with p = 0.1 (the official CFG and modality dropout).
 - L_mask: consistency at the input slice. The one-step data estimate x1_hat = x_t + (1 - t) v_pred
-  is decoded to occupancy logits Z = decoder(x1_hat.shape); L_mask = mean_b BCE(Z_b restricted to
-  slice s_b along axis a_b, O_b on that slice), i.e. the reconstruction must reproduce the input mask.
-- L_sdf: 3-D loss between Z and the ground truth, weighted towards the surface, plus soft Dice
+  is decoded to occupancy logits Z = decoder(x1_hat.shape); the reconstruction must reproduce the
+  input mask: volume frame, L_mask = mean_b BCE(Z_b restricted to slice s_b along axis a_b, O_b on
+  that slice); object frame, Z is sampled (trilinear) at the input slice's voxel centres mapped into
+  the true object cube, x = (p - centre) / side, and compared with the slice's mask there.
+- L_sdf: 3-D loss between Z and the ground truth (object frame: the structure's occupancy and
+  signed distance at the cube's cells), weighted towards the surface, plus soft Dice
   (structures fill ~1-3 % of the volume; BCE alone is content with an empty prediction):
   L_sdf = sum_v w_v BCE(Z_v, O_v) / sum_v w_v + 1 - (2 sum sigma(Z) O + 1) / (sum sigma(Z) + sum O + 1),
   with w_v = 1 + exp(-|D_v| / tau), tau = ``sdf_tau_mm``.
@@ -32,11 +35,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..data.object_frame import sample_cube
 from ..model.flow_matching import flow_matching_loss
 from ..model.flow_transformer import SHAPE
+from ..model.pose import Pose
+from ..model.sam3d import CONDITION_INPUTS as CONDITION_KEYS
 from ..model.sam3d import SparseStructureModel
-
-CONDITION_KEYS = ("image", "rgb_image", "mask", "rgb_image_mask", "pointmap", "rgb_pointmap")
 
 
 @dataclass
@@ -75,21 +79,47 @@ def slice_consistency_bce(logits: torch.Tensor, occupancy: torch.Tensor, axis: t
     return torch.stack(losses).mean()
 
 
+def slice_consistency_in_cube(cube_logits: torch.Tensor, slice_points_mm: torch.Tensor, slice_mask: torch.Tensor,
+                              centre_mm: torch.Tensor, side_mm: torch.Tensor) -> torch.Tensor:
+    """Mean BCE between cube logits (B, 1, n, n, n) sampled at the input slice's voxel centres
+    (B, 3, H, W) world mm, mapped into the true cube, and the slice's mask (B, 1, H, W)."""
+    points = slice_points_mm.flatten(2).transpose(1, 2).float()  # (B, HW, 3)
+    valid = torch.isfinite(points).all(-1)
+    cube_points = (torch.nan_to_num(points) - centre_mm[:, None].float()) / side_mm.float().view(-1, 1, 1)
+    sampled = sample_cube(cube_logits.float(), cube_points)
+    bce = F.binary_cross_entropy_with_logits(sampled, slice_mask.flatten(1).float(), reduction="none")
+    return (bce * valid).sum() / valid.sum().clamp(min=1)
+
+
+def object_pose_target(batch: dict[str, torch.Tensor]) -> Pose:
+    """The true object cube's pose in the sample's normalised pointmap frame (``data.object_frame``):
+    rotation I, translation (centre - shift) / scale, scale side / scale on every axis."""
+    scale = batch["pointmap_scale"].float().reshape(-1, 1)
+    translation = (batch["cube_centre_mm"].float() - batch["pointmap_shift"].float()) / scale
+    B = translation.shape[0]
+    return Pose(rotation=torch.eye(3, device=translation.device).expand(B, 3, 3),
+                translation=translation, scale=(batch["cube_side_mm"].float().reshape(-1, 1) / scale).expand(B, 3))
+
+
 class TrainingObjective(torch.nn.Module):
     """Wraps the model so that one ``forward(batch)`` returns the loss terms (one module for DDP)."""
 
-    def __init__(self, model: SparseStructureModel, weights: LossWeights):
+    def __init__(self, model: SparseStructureModel, weights: LossWeights, frame: str = "object"):
         super().__init__()
         self.model = model
         self.weights = weights
+        self.frame = frame
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         model, w = self.model, self.weights
-        occupancy, sdf = batch["occupancy"], batch["sdf"]
+        if self.frame == "object":  # the structure in its cube, placed by its pose
+            occupancy, sdf, pose = batch["cube_occupancy"], batch["cube_sdf"], object_pose_target(batch)
+        else:  # the scan's grid, identity pose
+            occupancy, sdf, pose = batch["occupancy"], batch["sdf"], None
         frozen = not any(p.requires_grad for p in model.condition_embedder.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):  # frozen: no activations kept
             cond = model.condition_embedder(**{k: batch[k] for k in CONDITION_KEYS})
-        targets = model.latent_targets(occupancy, shape_latents=batch.get("shape_latent"))
+        targets = model.latent_targets(occupancy, shape_latents=batch.get("shape_latent"), pose=pose)
         flow = flow_matching_loss(model.generator, targets, cond, model.cfg.objective,
                                   time_scale=model.cfg.sampler.time_scale, generator=generator)
         terms = {"flow": flow.loss}
@@ -97,7 +127,10 @@ class TrainingObjective(torch.nn.Module):
         occupancy, sdf = occupancy[:k], sdf[:k]
         if w.w_mask_loss or w.w_sdf_loss:
             logits = model.decode_shape(flow.x1_estimate[SHAPE][:k])
-            if w.w_mask_loss:
+            if w.w_mask_loss and self.frame == "object":
+                terms["mask"] = slice_consistency_in_cube(logits, batch["slice_points"][:k], batch["slice_mask"][:k],
+                                                          batch["cube_centre_mm"][:k], batch["cube_side_mm"][:k])
+            elif w.w_mask_loss:
                 terms["mask"] = slice_consistency_bce(logits, occupancy, batch["axis"][:k], batch["slice_idx"][:k])
             if w.w_sdf_loss:
                 terms["sdf"] = volume_loss(logits, occupancy, sdf, w.sdf_tau_mm)

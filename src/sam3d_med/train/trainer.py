@@ -28,15 +28,16 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from ..data.dataset import Augmentation, SliceClassDataset, load_manifest, split_cases
+from ..data.dataset import Augmentation, SliceClassDataset, check_frame, load_manifest, split_cases
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path
 from ..model.checkpoint import FILES, build_from_folder
 from ..model.lora import LoraSettings, apply_lora, trainable_parameters
+from ..model.placement import grid_points_of_affines, reconstruct_on_grid
 from ..model.sam3d import SparseStructureModel
 from ..runtime import keep_freed_memory_for_reuse
 from .latent_targets import InversionSettings, ensure_latent_targets, round_trip_summary
-from .losses import CONDITION_KEYS, LossWeights, TrainingObjective, dice
+from .losses import LossWeights, TrainingObjective, dice
 
 log = logging.getLogger("sam3d_med.train")
 CHECKPOINT_FORMAT = "sam3d-med-train-1"
@@ -256,11 +257,14 @@ def sampler_settings(model_sampler, validation_cfg, steps: int | None = None, gu
 
 @torch.no_grad()
 def validate(objective: TrainingObjective, loader: DataLoader, device: torch.device, cfg: DictConfig) -> dict:
-    """Validation loss (fixed noise and times) and 3-D Dice of sampled reconstructions."""
+    """Validation loss (fixed noise and times) and what the task is: the 3-D Dice, on the scan's grid,
+    of reconstructions sampled from pure noise (``val_dice``) and of the one-step estimate from pure
+    noise (``val_dice_one_step``). (The loss, at random flow times where x_t already carries much of
+    the answer, can fall while these do not move.)"""
     model = objective.model
     model.eval()
     generator = torch.Generator(device=device).manual_seed(1234)
-    losses, dices = [], []
+    losses, dices, one_step = [], [], []
     budget = int(cfg.validation.reconstructions)
     sampler = sampler_settings(model.cfg.sampler, cfg.validation)
     for index, batch in enumerate(loader):
@@ -271,12 +275,22 @@ def validate(objective: TrainingObjective, loader: DataLoader, device: torch.dev
             losses.append(float(objective(batch, generator=generator)["total"]))
             if len(dices) < budget:
                 take = budget - len(dices)
-                inputs = {k: batch[k][:take] for k in CONDITION_KEYS}
-                logits = model.reconstruct(inputs, seed=int(cfg.seed), sampler=sampler)
-                dices += dice(logits > 0, batch["occupancy"][:take] > 0.5).tolist()
+                inputs = {k: v[:take] for k, v in batch.items() if torch.is_tensor(v)}
+                truth = inputs["occupancy"][:, 0] > 0.5
+                points = grid_points_of_affines(inputs["affine"], truth.shape[1:]) if objective.frame == "object" else None
+                for out, steps in ((dices, False), (one_step, True)):
+                    grid = reconstruct_on_grid(model, inputs, objective.frame, points, seed=int(cfg.seed),
+                                               sampler=sampler, one_step=steps)
+                    out += dice(grid.logits > 0, truth).tolist()
     model.train()
     return {"val_loss": float(np.mean(losses)) if losses else float("nan"),
-            "val_dice": float(np.mean(dices)) if dices else float("nan")}
+            "val_dice": float(np.mean(dices)) if dices else float("nan"),
+            "val_dice_one_step": float(np.mean(one_step)) if one_step else float("nan")}
+
+
+def target_frame(cfg: DictConfig) -> str:
+    """The run's target frame (``data.target_frame``; a checkpoint from before it existed: volume)."""
+    return check_frame(str(cfg.data.get("target_frame", "volume")))
 
 
 def prepare_latent_targets(model: SparseStructureModel, cfg: DictConfig, manifest: dict, case_ids: list[str],
@@ -287,17 +301,13 @@ def prepare_latent_targets(model: SparseStructureModel, cfg: DictConfig, manifes
     if model.encoder is not None:
         log.info("flow targets: the SS encoder's latents of the true occupancy")
         return None
-    grid = {tuple(c["shape_ijk"]) for c in manifest["cases"] if c["case_id"] in set(case_ids)}
-    side = model.cfg.occupancy_resolution
-    if grid != {(side, side, side)}:
-        raise InputError(f"{cfg.data.slice_cache_dir}: case grids {sorted(grid)} differ from the decoder's "
-                         f"{side}^3 output (the volume frame needs {side}^3 crops)")
     settings = InversionSettings(**{k: type(v)(cfg.latent_targets[k]) for k, v in asdict(InversionSettings()).items()})
     cases = [c for c in manifest["cases"] if c["case_id"] in set(case_ids)]
     latent_shape = (model.cfg.flow.latent_channels,) + (model.cfg.flow.resolution,) * 3
     log.info("flow targets: no SS encoder weights (Meta did not release them): inverting the frozen decoder "
              "for every (case, class), cached in the preprocessing cache")
     folder = ensure_latent_targets(cfg.data.slice_cache_dir, cases, model.decoder, settings, ranks.device, latent_shape,
+                                   model.cfg.occupancy_resolution, target_frame(cfg), float(cfg.data.cube_margin),
                                    ranks.rank, ranks.world_size)
     ranks.barrier()
     if ranks.is_main:
@@ -324,7 +334,10 @@ def plot_curves(history: list[dict], path: Path) -> None:
         if points:
             ax_loss.plot(*zip(*points), marker="o", label=key)
     ax_loss.set_xlabel("epoch"), ax_loss.set_ylabel("loss"), ax_loss.legend(), ax_loss.grid(alpha=0.3)
-    ax_dice.plot(epochs, [h.get("val_dice", np.nan) for h in history], marker="o", color="tab:green")
+    ax_dice.plot(epochs, [h.get("val_dice", np.nan) for h in history], marker="o", color="tab:green", label="sampled")
+    ax_dice.plot(epochs, [h.get("val_dice_one_step", np.nan) for h in history], marker="s", color="tab:olive",
+                 label="one step from noise")
+    ax_dice.legend()
     ax_dice.set_xlabel("epoch (0 = before training)"), ax_dice.set_ylabel("validation Dice"), ax_dice.grid(alpha=0.3)
     ax_dice.set_ylim(0, 1)
     fig.tight_layout()
@@ -355,10 +368,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     latent_dir = prepare_latent_targets(model, cfg, manifest, train_ids + val_ids, ranks)
     crop = tuple(int(x) for x in cfg.data.preprocess_crop_size)
     augment = Augmentation() if cfg.data.augment else None
+    frame = target_frame(cfg)
+    geometry = dict(latent_dir=latent_dir, frame=frame, cube_resolution=model.cfg.occupancy_resolution,
+                    cube_margin=float(cfg.data.cube_margin))
     train_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, train_ids, crop, int(cfg.data.min_pixels), augment,
-                                  seed, latent_dir=latent_dir)
+                                  seed, **geometry)
     val_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, val_ids, crop, int(cfg.data.min_pixels), None, seed,
-                                latent_dir=latent_dir)
+                                **geometry)
     if len(train_set) == 0:
         raise InputError(f"{cfg.data.slice_cache_dir}: no training samples (cases {train_ids})")
     log.info("data: %d train cases (%d samples), %d validation cases (%d samples); crop %s",
@@ -377,7 +393,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     val_loader = DataLoader(val_set, shuffle=False, generator=torch.Generator().manual_seed(seed), **loader_kwargs)
 
     weights = LossWeights(**{k: type(v)(cfg.loss[k]) for k, v in asdict(LossWeights()).items()})
-    objective = TrainingObjective(model, weights).to(device)
+    objective = TrainingObjective(model, weights, frame).to(device)
+    log.info("target frame: %s (%s)", frame, "the structure in its own cube, placed by the predicted pose"
+             if frame == "object" else "the scan's own grid, identity pose")
     stepper = objective
     if ranks.world_size > 1:
         stepper = torch.nn.parallel.DistributedDataParallel(
@@ -436,7 +454,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         if not history and ranks.is_main and len(val_set):
             baseline = validate(objective, val_loader, device, cfg)
             history.append({"epoch": 0, "train_loss": None, **baseline})
-            log.info("epoch 0 (untrained): val_loss %.4f val_dice %.4f", baseline["val_loss"], baseline["val_dice"])
+            log.info("epoch 0 (untrained): val_loss %.4f val_dice %.4f (sampled) %.4f (one step from noise)",
+                     baseline["val_loss"], baseline["val_dice"], baseline["val_dice_one_step"])
         ranks.barrier()
         model.train()
         for epoch in range(start_epoch, epochs + 1):
@@ -497,8 +516,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 if len(val_set):
                     record.update(validate(objective, val_loader, device, cfg))
                 history.append(record)
-                log.info("epoch %d: train_loss %.4f val_loss %.4f val_dice %.4f (%.1f samples/s)", epoch,
-                         record["train_loss"], record.get("val_loss", float("nan")), record.get("val_dice", float("nan")),
+                log.info("epoch %d: train_loss %.4f val_loss %.4f val_dice %.4f (sampled) %.4f (one step from noise) "
+                         "(%.1f samples/s)", epoch, record["train_loss"], record.get("val_loss", float("nan")),
+                         record.get("val_dice", float("nan")), record.get("val_dice_one_step", float("nan")),
                          seen / max(1e-9, time.perf_counter() - started))
                 for key, value in record.items():
                     if key != "epoch":

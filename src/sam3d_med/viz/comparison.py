@@ -39,13 +39,17 @@ def only_classes(labels_ijk: np.ndarray, classes) -> np.ndarray:
 
 
 def case_surfaces(logits_by_class: dict[int, np.ndarray], affine: np.ndarray,
-                  true_labels_ijk: np.ndarray | None = None) -> dict[int, dict]:
+                  true_labels_ijk: np.ndarray | None = None,
+                  predicted_surfaces: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[int, dict]:
     """{class: {"pred": mesh|None, "true": mesh|None}} in world mm: the logit-0 level of each class's
-    prediction, and the boundary of its true voxels (None where there is no surface)."""
+    prediction, and the boundary of its true voxels (None where there is no surface).
+    ``predicted_surfaces``: per class (logits, affine) to extract the predicted surface from instead of
+    the grid (the object cube, finer than the scan)."""
     spacing = voxel_spacing_mm(affine)
     surfaces = {}
     for c, logits in sorted(logits_by_class.items()):
-        surfaces[c] = {"pred": surface_of_logits(logits, affine)}
+        source = (predicted_surfaces or {}).get(c, (logits, affine))
+        surfaces[c] = {"pred": surface_of_logits(*source)}
         if true_labels_ijk is not None:
             surfaces[c]["true"] = mask_surface_mesh(signed_distance_mm(true_labels_ijk == c, spacing), affine)
     return surfaces
@@ -54,7 +58,8 @@ def case_surfaces(logits_by_class: dict[int, np.ndarray], affine: np.ndarray,
 def write_case_visuals(png_path: str | Path, mesh_dir: str | Path | None, stem: str, image_ijk: np.ndarray,
                        affine: np.ndarray, logits_by_class: dict[int, np.ndarray], class_names: dict[int, str], *,
                        true_labels_ijk: np.ndarray | None = None, input_slice: tuple[int, int] | None = None,
-                       title: str = "", per_axis: int = 3) -> dict:
+                       title: str = "", per_axis: int = 3,
+                       predicted_surfaces: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
     """The comparison grid as PNG and, with ``mesh_dir``, per class the predicted (and true) surface
     as .obj in world mm. Returns {"figure": path, "meshes": {class: {"pred": path|None, "true": ...}}}."""
     pred_labels = labels_from_logits(logits_by_class)
@@ -63,7 +68,7 @@ def write_case_visuals(png_path: str | Path, mesh_dir: str | Path | None, stem: 
     written = {"figure": str(save_figure(fig, png_path)), "meshes": {}}
     if mesh_dir is None:
         return written
-    for c, surfaces in case_surfaces(logits_by_class, affine, true_labels_ijk).items():
+    for c, surfaces in case_surfaces(logits_by_class, affine, true_labels_ijk, predicted_surfaces).items():
         written["meshes"][c] = {}
         for kind, mesh in surfaces.items():
             path = None
@@ -79,7 +84,7 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
                       class_names: dict[int, str], label_path: str | Path | None = None,
                       mask_png: str | Path | None = None, class_id: int | None = None, spacing_mm: float = 3.0,
                       crop_size: int = 256, sampler=None, seed: int = 0, device: str = "cpu", batch_size: int = 8,
-                      per_axis: int = 3) -> dict:
+                      per_axis: int = 3, frame: str = "object", input_slice: bool = True) -> dict:
     """Reconstruct every structure on a stored slice of a NIfTI scan and draw the comparison grid.
 
     With ``label_path`` (ground truth on the scan's grid) every class present on the slice is
@@ -87,7 +92,8 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
     structure from ``mask_png`` (the stored slice's rows x columns) labelled ``class_id``. The
     meshes go next to ``output_png`` (``<stem>_class<c>_pred.obj`` / ``_true.obj``)."""
     image = load_volume(image_path, "image", canonical=False)
-    view = canonical_slice(image, axis, slice_idx, spacing_mm, model.cfg.occupancy_resolution, image_path)
+    view = canonical_slice(image, axis, slice_idx, spacing_mm,
+                           model.cfg.occupancy_resolution if frame == "volume" else None, image_path)
     plane_shape = tuple(n for a, n in enumerate(image.data.shape) if a != axis)
     true_labels = None
     if label_path is not None:
@@ -108,9 +114,12 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
     if not canonical_masks:
         raise InputError("the masks do not reach any pixel of the model's grid (too small for its spacing)")
     classes = sorted(canonical_masks)
-    logits = reconstruct_logits(model, [view.model_inputs(canonical_masks[c], crop_size) for c in classes],
-                                seed=seed, sampler=sampler, device=device, batch_size=batch_size)
-    logits_by_class = dict(zip(classes, logits))
+    reconstructions = reconstruct_logits(
+        model, [view.model_inputs(canonical_masks[c], crop_size, frame) for c in classes], view.image.data.shape,
+        view.image.affine, frame=frame, seed=seed, sampler=sampler, device=device, batch_size=batch_size,
+        input_slices=[(view.axis, view.index, canonical_masks[c]) for c in classes] if input_slice else None)
+    logits_by_class = {c: r.logits for c, r in zip(classes, reconstructions)}
+    surfaces = {c: (r.surface_logits, r.surface_affine) for c, r in zip(classes, reconstructions)}
     scores = {}
     if true_labels is not None:
         true_labels = only_classes(true_labels, classes)
@@ -124,7 +133,8 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
     output_png = Path(output_png)
     written = write_case_visuals(output_png, output_png.parent, output_png.stem, window_ct(view.image.data)[0],
                                  view.image.affine, logits_by_class, names, true_labels_ijk=true_labels,
-                                 input_slice=(view.axis, view.index), title=title, per_axis=per_axis)
+                                 input_slice=(view.axis, view.index), title=title, per_axis=per_axis,
+                                 predicted_surfaces=surfaces)
     written["scores"] = scores
     return written
 

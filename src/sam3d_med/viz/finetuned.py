@@ -70,7 +70,8 @@ def _onto_grid(plane: np.ndarray, resolution: int, spacing_mm: float, pixel_mm: 
 def reconstruct_from_png(model, image_png: str | Path, mask_png: str | Path, out_dir: str | Path, *,
                          pixel_spacing_mm: float | None = None, spacing_mm: float = 3.0, axis: int = 2,
                          png_window: tuple[float, float] = SOFT_TISSUE_WINDOW, crop_size: int = 256, sampler=None,
-                         seed: int = 0, device: str = "cpu", name: str | None = None) -> dict:
+                         seed: int = 0, device: str = "cpu", name: str | None = None, frame: str = "object",
+                         input_slice: bool = True) -> dict:
     """Reconstruct the masked structure and write ``reconstruction.obj`` (mm, assumed frame),
     ``reconstruction.nii.gz``, ``input_overlay.png``, ``mesh_views.png``, ``prediction_slices.png``
     and ``summary.json`` (with the assumptions) into ``out_dir``. Returns the summary."""
@@ -97,9 +98,10 @@ def reconstruct_from_png(model, image_png: str | Path, mask_png: str | Path, out
 
     shape, index = (resolution,) * 3, resolution // 2
     affine = assumed_frame(resolution, spacing_mm)
-    inputs = slice_model_inputs(image_grid, mask_grid, affine, shape, axis, index, crop_size)
-    logits = reconstruct_logits(model, [inputs], seed=seed, sampler=sampler, device=device)[0]
-    predicted = logits > 0
+    inputs = slice_model_inputs(image_grid, mask_grid, affine, shape, axis, index, crop_size, frame)
+    reconstruction = reconstruct_logits(model, [inputs], shape, affine, frame=frame, seed=seed, sampler=sampler,
+                                        device=device, input_slices=[(axis, index, mask_grid)] if input_slice else None)[0]
+    predicted = reconstruction.logits > 0
     out_dir.mkdir(parents=True, exist_ok=True)
     name = name or mask_png.stem
     assumption = (f"assumed geometry (a PNG has none): {pixel_mm:g} mm pixels, a slice along axis {axis} through the "
@@ -113,7 +115,7 @@ def reconstruct_from_png(model, image_png: str | Path, mask_png: str | Path, out
     files = summary["files"]
     save_volume(out_dir / "reconstruction.nii.gz", predicted.astype(np.uint8), affine, dtype=np.uint8)
     files["volume"] = str(out_dir / "reconstruction.nii.gz")
-    mesh = surface_of_logits(logits, affine)
+    mesh = surface_of_logits(reconstruction.surface_logits, reconstruction.surface_affine)
     if mesh is not None:
         write_mesh(mesh, out_dir / "reconstruction.obj")
         files["mesh"] = str(out_dir / "reconstruction.obj")
