@@ -96,6 +96,32 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_serve_release(args) -> int:
+    import signal
+    import threading
+
+    from .model.hub_standin import HubStub, repository_files
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise Sam3dMedError(f"{folder}: release folder does not exist")
+    files = repository_files(folder)
+    if not files:
+        raise Sam3dMedError(f"{folder}: no files to serve")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with HubStub(args.repo, files) as hub:
+        if args.endpoint_file:
+            from .io.atomic import atomic_write_text
+
+            atomic_write_text(args.endpoint_file, hub.endpoint + "\n")
+        print(f"serving {len(files)} files of {folder} as {args.repo} at {hub.endpoint} "
+              f"(HF_ENDPOINT={hub.endpoint}); stop with Ctrl-C", flush=True)
+        stop.wait()
+    return 0
+
+
 def cmd_model_info(args) -> int:
     import torch
 
@@ -367,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class_names", default=None, help="comma-separated names of labels 1..N (default: classes.json beside the scan, else the heart classes)")
     p.add_argument("--out", required=True, help="folder for image.png and masks/")
     p.set_defaults(func=cmd_export_slice)
+    p = sub.add_parser("serve-release", help="serve a release folder as a local stand-in of the Hugging Face Hub "
+                                             "(the demo serves the rehearsal release to step 1's real download code)")
+    p.add_argument("folder", help="the repository's files (e.g. release/rehearsal with checkpoints/ inside)")
+    p.add_argument("--repo", default="facebook/sam-3d-objects", help="repository name to answer for")
+    p.add_argument("--endpoint_file", default=None, help="also write the address to this file")
+    p.set_defaults(func=cmd_serve_release)
     p = sub.add_parser("download", help="download the official SAM 3D Objects weights and configs")
     add_download_arguments(p)
     p.set_defaults(func=cmd_download)

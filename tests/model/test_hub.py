@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import yaml
 
 from sam3d_med.model.hub import DownloadError, download_checkpoints, files_named_in_pipeline, verify_checkpoint_folder
-from tests.model.hub_stub import HubStub
+from sam3d_med.model.hub_standin import HubStub
 
 REPO = "facebook/sam-3d-objects"
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "download_hf_checkpoints.py"
@@ -155,3 +156,27 @@ def test_tutorial_command_against_the_stub(tmp_path):
             in done.stdout)
     assert "inverting the released decoder" in done.stdout
     assert (tmp_path / "checkpoints" / "hf" / "ss_encoder.safetensors").stat().st_size == 0
+
+
+@pytest.mark.e2e
+def test_serve_release_command_serves_a_folder_to_the_download(tmp_path):
+    """``sam3d-med serve-release`` (the demo's stand-in Hub) serves a folder that the real download reads."""
+    folder = tmp_path / "release"
+    for name, data in official_like_files().items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    endpoint_file = tmp_path / "endpoint"
+    server = subprocess.Popen([sys.executable, "-m", "sam3d_med.cli", "serve-release", str(folder),
+                               "--endpoint_file", str(endpoint_file)], stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            if endpoint_file.is_file():
+                break
+            time.sleep(0.05)
+        endpoint = endpoint_file.read_text().strip()
+        result = download_checkpoints(REPO, tmp_path / "out", endpoint=endpoint, log=lambda m: None)
+        assert len(result.files) == 7 and sorted(result.placeholders) == ["ss_encoder.safetensors", "ss_encoder.yaml"]
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=30)
+    assert server.returncode == 0 and f"at {endpoint}" in out

@@ -166,24 +166,38 @@ def write_phantom_dataset(out_dir: str | Path, n_cases: int, seed: int = 0, axco
     Case ``n`` uses ``np.random.default_rng([seed, n])``, so any case can be regenerated alone and
     a dataset is identical for the same seed.
     """
+    meta = dict(axcodes=axcodes, oblique_deg=oblique_deg, spacing_mm=PHANTOM_SPACING_MM)
+
+    def make_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        case = generate_case(rng, axcodes=axcodes, oblique_deg=oblique_deg)
+        return case.image_hu, case.label, case.affine
+
+    return write_synthetic_dataset(out_dir, n_cases, seed, first_index, progress, make_case, DEFAULT_CLASS_NAMES,
+                                   PHANTOM_README, "sam3d_med.data.phantom", meta, desc="phantom")
+
+
+def write_synthetic_dataset(out_dir: str | Path, n_cases: int, seed: int, first_index: int, progress: bool,
+                            make_case, class_names: dict, readme: str, generator: str, meta: dict | None = None,
+                            desc: str = "cases") -> list[Path]:
+    """The layout shared by the synthetic data sets: ``classes.json`` (marked synthetic, with the
+    generator, seed and ``meta``), ``README_SYNTHETIC.txt`` and ``sNNNN/sNNNN-{image,label}.nii.gz``
+    where case n is ``make_case(np.random.default_rng([seed, n]))`` -> (image HU, label, affine)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = DEFAULT_CLASS_NAMES
-    doc = class_names_document(names)
-    doc.update(synthetic=True, generator="sam3d_med.data.phantom", seed=seed, axcodes=axcodes,
-               oblique_deg=oblique_deg, spacing_mm=PHANTOM_SPACING_MM)
+    doc = class_names_document(class_names)
+    doc.update(synthetic=True, generator=generator, seed=seed, **(meta or {}))
     atomic_write_json(out_dir / CLASSES_FILE, doc)
-    atomic_write_text(out_dir / "README_SYNTHETIC.txt", PHANTOM_README)
+    atomic_write_text(out_dir / "README_SYNTHETIC.txt", readme)
     indices = range(first_index, first_index + n_cases)
     if progress:
         from tqdm import tqdm
-        indices = tqdm(indices, desc="phantom", unit="case")
+        indices = tqdm(indices, desc=desc, unit="case")
     folders = []
     for n in indices:
-        case = generate_case(np.random.default_rng([seed, n]), axcodes=axcodes, oblique_deg=oblique_deg)
+        image, label, affine = make_case(np.random.default_rng([seed, n]))
         case_id = f"s{n:04d}"
         folder = out_dir / case_id
-        save_volume(folder / f"{case_id}-image.nii.gz", case.image_hu, case.affine, dtype=np.int16)
-        save_volume(folder / f"{case_id}-label.nii.gz", case.label, case.affine, dtype=np.uint8)
+        save_volume(folder / f"{case_id}-image.nii.gz", image, affine, dtype=np.int16)
+        save_volume(folder / f"{case_id}-label.nii.gz", label, affine, dtype=np.uint8)
         folders.append(folder)
     return folders

@@ -164,7 +164,25 @@ def tiny_preset() -> ModelConfig:
     )
 
 
-PRESETS = {"sam3d": sam3d_preset, "tiny": tiny_preset}
+def rehearsal_preset() -> ModelConfig:
+    """The rehearsal release's sizes (``sam3d_med.rehearsal``): the release's architecture, small
+    enough to pretrain and fine-tune on a CPU. As in the release, the Dino input (84 px) is above the
+    size its position embedding is stored for (56 px): 770 / 518 is 1.49, 84 / 56 is 1.5."""
+    vit = ViTConfig(img_size=56, patch_size=14, embed_dim=64, depth=2, num_heads=4, num_register_tokens=4,
+                    input_size=84)
+    return ModelConfig(
+        name="rehearsal",
+        image_vit=vit,
+        mask_vit=dataclasses.replace(vit),
+        point=PointEmbedConfig(input_size=48, patch_size=8, embed_dim=64, num_heads=4),
+        cond_dim=64,
+        flow=FlowConfig(model_channels=96, num_blocks=3, num_heads=4, resolution=8),
+        # the 64^3 levels dominate a CPU step (and decoder inversion): few channels there
+        vae=VAEConfig(channels=[64, 32, 16, 8], num_res_blocks=0, num_res_blocks_middle=1),
+    )
+
+
+PRESETS = {"sam3d": sam3d_preset, "tiny": tiny_preset, "rehearsal": rehearsal_preset}
 
 
 def get_preset(name: str) -> ModelConfig:

@@ -1,9 +1,12 @@
-"""A stand-in for the part of the Hugging Face Hub HTTP API that ``hf_hub_download`` uses.
+"""A local stand-in for the part of the Hugging Face Hub HTTP API that ``hf_hub_download`` uses.
 
 Serves ``HEAD``/``GET /{repo_id}/resolve/{revision}/{path}`` on 127.0.0.1 with the headers the
 client reads (ETag, X-Repo-Commit, Content-Length), byte ranges for resumed transfers, 401 without
-the expected token, 403 "GatedRepo" for a token without access, and a transfer that breaks off
-after a given number of bytes the first time a file is sent.
+the expected token, 403 "GatedRepo" for a token without access, and (for tests) a transfer that
+breaks off after a given number of bytes the first time a file is sent.
+
+The demo serves the rehearsal release with it (``sam3d-med serve-release``) so that step 1 runs the
+real download code against a Hub on this machine: ``HF_ENDPOINT=<its address>``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -95,3 +99,9 @@ class HubStub:
             handler.connection.shutdown(2)
             return
         handler.wfile.write(data[start:])
+
+
+def repository_files(folder: str | Path) -> dict[str, bytes]:
+    """Every file under ``folder`` keyed by its path relative to it (the repository's layout)."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
