@@ -31,21 +31,7 @@ from sam3d_med.model.flow_matching import flow_matching_loss
 from sam3d_med.model.lora import LoraSettings, apply_lora, trainable_parameters
 from sam3d_med.model.sam3d import SparseStructureModel
 from sam3d_med.train.losses import CONDITION_KEYS, LossWeights, TrainingObjective
-
-
-def make_batch(model: SparseStructureModel, batch: int, crop: int, device) -> dict:
-    g = torch.Generator().manual_seed(0)
-    cfg = model.cfg
-    side = cfg.occupancy_resolution
-    out = {k: torch.rand(batch, 1 if "mask" in k else 3, crop, crop, generator=g) for k in CONDITION_KEYS}
-    for k in ("mask", "rgb_image_mask"):
-        out[k] = (out[k] > 0.5).float()
-    grid = torch.stack(torch.meshgrid(*[torch.arange(side, dtype=torch.float32)] * 3, indexing="ij"))
-    sdf = (grid - side / 2).norm(dim=0) * 3.0 - 30.0  # a sphere of 10 voxels, mm
-    out.update(sdf=sdf.expand(batch, 1, side, side, side).clone(), occupancy=(sdf < 0).float().expand(batch, 1, side, side, side).clone(),
-               axis=torch.full((batch,), 2), slice_idx=torch.full((batch,), side // 2),
-               shape_latent=torch.randn(batch, cfg.flow.latent_channels, *(cfg.flow.resolution,) * 3, generator=g))
-    return {k: v.to(device) for k, v in out.items()}
+from sam3d_med.train.memory import synthetic_batch as make_batch
 
 
 def build(preset: str, device, weights: str, rank: int) -> SparseStructureModel:
@@ -60,11 +46,11 @@ def build(preset: str, device, weights: str, rank: int) -> SparseStructureModel:
     return model.train()
 
 
-def run(model, batch, checkpointing, device, objective_kind, crop, warmup, repeats, autocast):
+def run(model, batch, checkpointing, device, objective_kind, crop, warmup, repeats, autocast, frame="object"):
     for block in model.generator.blocks:
         block.use_checkpoint = checkpointing
     data = make_batch(model, batch, crop, device)
-    objective = TrainingObjective(model, LossWeights())
+    objective = TrainingObjective(model, LossWeights(), frame)
     optimizer = torch.optim.AdamW(trainable_parameters(model).values(), lr=1e-4)
 
     def step():
@@ -89,6 +75,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--objective", default="full", choices=["full", "flow"])
+    parser.add_argument("--frame", default="object", choices=["object", "volume"])
     parser.add_argument("--batch", default="1,2")
     parser.add_argument("--checkpointing", default="off,on", help="gradient checkpointing settings to run")
     parser.add_argument("--crop", type=int, default=None, help="input crop size (default: 256 for sam3d, 64 tiny)")
@@ -113,7 +100,7 @@ def main() -> None:
         for checkpointing in (c == "on" for c in args.checkpointing.split(",")):
             try:
                 seconds, peak = run(model, batch, checkpointing, device, args.objective, crop, args.warmup, args.repeats,
-                                    autocast)
+                                    autocast, args.frame)
             except torch.OutOfMemoryError:
                 print(f"{batch:>5} {str(checkpointing):>13} {'out of memory':>36}", flush=True)
                 rows.append({"batch": batch, "checkpointing": checkpointing, "oom": True})

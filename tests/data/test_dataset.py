@@ -137,3 +137,27 @@ def test_cache_errors(tmp_path, cache_dir):
         load_manifest(copy)
     with pytest.raises(InputError, match="square"):
         SliceClassDataset(cache_dir, load_manifest(cache_dir), ["s0001"], (32, 48))
+
+
+def test_pair_epochs_visit_every_case_class_pair_once_with_a_fresh_seeded_slice(cache_dir):
+    manifest = load_manifest(cache_dir)
+    ds = SliceClassDataset(cache_dir, manifest, ["s0001", "s0002"], (32, 32), min_pixels=10, epoch_mode="pairs", seed=3)
+    expected = {(c, int(k)) for c in ("s0001", "s0002") for e in ds.cases[c]["slices"]
+                for k, n in e["class_pixel_counts"].items() if n >= 10}
+    assert len(ds) == len(expected) and {(case, cls) for case, cls, _ in ds.pairs} == expected
+    epoch_1 = [ds.sample_at(i) for i in range(len(ds))]
+    assert {(case, cls) for case, _, cls in epoch_1} == expected  # every pair once
+    for case, entry, cls in epoch_1:  # a slice where the class has enough pixels
+        assert entry["class_pixel_counts"][str(cls)] >= 10
+    assert [ds.sample_at(i) for i in range(len(ds))] == epoch_1  # seeded: the same epoch, the same slices
+    ds.set_epoch(1)
+    epoch_2 = [ds.sample_at(i) for i in range(len(ds))]
+    assert sum(a[1]["file"] != b[1]["file"] for a, b in zip(epoch_1, epoch_2)) > len(ds) // 2  # drawn afresh
+    assert len({e["axis"] for _, e, _ in epoch_1 + epoch_2}) > 1  # any cached axis
+    # sharded over two ranks: disjoint and complete
+    from torch.utils.data import DistributedSampler
+
+    shards = [set(DistributedSampler(ds, num_replicas=2, rank=r, shuffle=True, seed=0)) for r in (0, 1)]
+    assert not shards[0] & shards[1] and shards[0] | shards[1] == set(range(len(ds)))
+    with pytest.raises(InputError, match="data.epoch must be one of"):
+        SliceClassDataset(cache_dir, manifest, ["s0001"], (32, 32), epoch_mode="cases")

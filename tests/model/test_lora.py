@@ -82,3 +82,17 @@ def test_trainable_modules_and_bad_settings(tiny_model):
         apply_lora(SparseStructureModel.from_preset("tiny"), LoraSettings(targets=("qkv",)))
     with pytest.raises(ConfigError, match="matches no module"):
         apply_lora(SparseStructureModel.from_preset("tiny"), LoraSettings(trainable_modules=("nothing_here",)))
+
+
+def test_adapters_can_be_bypassed_for_the_base_function(tiny_model):
+    from sam3d_med.model.lora import adapters_disabled
+
+    base = generator_output(tiny_model)
+    apply_lora(tiny_model, LoraSettings(rank=4))
+    train_steps(tiny_model)
+    adapted = generator_output(tiny_model)
+    assert not torch.allclose(adapted, base)
+    with adapters_disabled(tiny_model):
+        assert torch.allclose(generator_output(tiny_model), base, atol=1e-6)
+    assert torch.equal(generator_output(tiny_model), adapted)
+    assert all(p.requires_grad for n, p in tiny_model.generator.named_parameters() if "lora_" in n)

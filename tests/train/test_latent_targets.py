@@ -31,7 +31,7 @@ def test_inversion_recovers_shapes_the_decoder_can_make():
         decoder.out_layer[2].bias -= torch.quantile(decoder(known)[0].flatten(), 0.95)
         truth = (decoder(known) > 0).float()
     assert 0.02 < float(truth.mean()) < 0.1
-    settings = InversionSettings(steps=30, learning_rate=0.1, target_dice=0.999)  # 100 steps reach ~0.5
+    settings = InversionSettings(steps=30, learning_rate=0.1, target_dice=0.999, init="zero")  # 100 steps: ~0.5
     weight = decoder.input_layer.weight.clone()
     latents, dice = invert_decoder(decoder, truth, settings, (8, 16, 16, 16))
     assert latents.shape == (2, 8, 16, 16, 16) and dice.shape == (2,)
@@ -41,15 +41,25 @@ def test_inversion_recovers_shapes_the_decoder_can_make():
     assert torch.allclose(measured, dice) and bool((dice > 0.3).all()), dice
     assert torch.equal(decoder.input_layer.weight, weight) and decoder.input_layer.weight.requires_grad
     # one step evaluates z = 0 only: the optimised latents must do much better than that
-    zero, zero_dice = invert_decoder(decoder, truth, InversionSettings(steps=1), (8, 16, 16, 16))
+    zero, zero_dice = invert_decoder(decoder, truth, InversionSettings(steps=1, init="zero"), (8, 16, 16, 16))
     assert bool((dice > zero_dice + 0.2).all()), (dice, zero_dice)
+
+
+def test_inversion_from_a_start_that_already_decodes_to_the_shape_keeps_it():
+    """z0 = the latent that made the occupancy: its round trip is perfect, so it is the target as is."""
+    decoder = small_decoder()
+    known = torch.randn(2, 8, 16, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        truth = (decoder(known) > 0).float()
+    latents, dice = invert_decoder(decoder, truth, InversionSettings(steps=5), (8, 16, 16, 16), start=known)
+    assert torch.equal(latents, known) and torch.allclose(dice, torch.ones(2))
 
 
 def test_targets_are_cached_per_case_resumable_and_reported(cache_dir, tmp_path):
     manifest = load_manifest(cache_dir)
     cases = manifest["cases"][:2]
     decoder = small_decoder(channels=(8, 4, 4))
-    settings = InversionSettings(steps=3, batch_size=4)
+    settings = InversionSettings(steps=3, batch_size=4, init="zero")
     folder = ensure_latent_targets(cache_dir, cases, decoder, settings, torch.device("cpu"), (8, 16, 16, 16), 64,
                                    frame="volume", progress=False)
     assert folder.parent.name == "latent_targets" and (folder / "settings.json").is_file()

@@ -20,7 +20,7 @@ from sam3d_med.model.checkpoint import save_official_layout
 from sam3d_med.model.config import get_preset
 from sam3d_med.model.sam3d import SparseStructureModel
 from sam3d_med.train.trainer import read_training_checkpoint
-from tests.model.hub_stub import HubStub
+from sam3d_med.model.hub_standin import HubStub
 
 REPO = Path(__file__).resolve().parents[2]
 HUB_REPO = "facebook/sam-3d-objects"

@@ -43,15 +43,17 @@ def test_training_writes_checkpoints_logs_and_curves(quick_config, tmp_path):
     assert payload["base_identity"] == {"kind": "random-init", "preset": "tiny", "init_seed": 0}
 
 
-def test_resume_mid_epoch_continues_exactly(quick_config, tmp_path):
-    straight = train(quick_config("training.epochs=2", f"training.checkpoint_dir={tmp_path / 'a'}"), tmp_path / "ra")
+@pytest.mark.parametrize("epoch_mode", ["slices", "pairs"])
+def test_resume_mid_epoch_continues_exactly(quick_config, tmp_path, epoch_mode):
+    mode = f"data.epoch={epoch_mode}"
+    straight = train(quick_config("training.epochs=2", mode, f"training.checkpoint_dir={tmp_path / 'a'}"), tmp_path / "ra")
     # the same run, stopped after 3 steps (in the middle of epoch 2), then resumed
-    stopped = train(quick_config("training.epochs=2", "training.stop_after_steps=3",
+    stopped = train(quick_config("training.epochs=2", mode, "training.stop_after_steps=3",
                                  f"training.checkpoint_dir={tmp_path / 'b'}"), tmp_path / "rb")
     assert stopped["status"] == "interrupted"
     payload = read_training_checkpoint(tmp_path / "b" / "last.pt")
     assert (payload["epoch"], payload["batches_done"], payload["step"]) == (2, 1, 3)
-    resumed = train(quick_config("training.epochs=2", f"training.checkpoint_dir={tmp_path / 'b'}",
+    resumed = train(quick_config("training.epochs=2", mode, f"training.checkpoint_dir={tmp_path / 'b'}",
                                  f"training.resume={tmp_path / 'b' / 'last.pt'}"), tmp_path / "rc")
     assert resumed["status"] == "completed" and straight["status"] == "completed"
     a = read_training_checkpoint(tmp_path / "a" / "last.pt")
@@ -131,7 +133,7 @@ def test_sigterm_writes_last_checkpoint_and_exits_cleanly(cache_dir, tmp_path):
 def test_two_process_distributed_training_with_gloo(cache_dir, tmp_path):
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
             str(REPO / "scripts" / "train_medical_hydra.py"), *QUICK, f"data.slice_cache_dir={cache_dir}",
-            "training.checkpoint_dir=ckpt", "training.epochs=1", f"hydra.run.dir={tmp_path / 'run'}"]
+            "data.epoch=pairs", "training.checkpoint_dir=ckpt", "training.epochs=1", f"hydra.run.dir={tmp_path / 'run'}"]
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_script_env())
     assert done.returncode == 0, done.stderr[-3000:]
     assert "distributed: rank 0 of 2 (gloo)" in (tmp_path / "run" / "train.log").read_text()

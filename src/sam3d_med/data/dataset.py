@@ -45,6 +45,10 @@ from .preprocess import MANIFEST_NAME, PREPROCESS_VERSION
 
 BOX_FACTOR = 1.2
 FRAMES = ("object", "volume")
+# What one pass over the dataset is: "pairs", every (case, class) pair once, each time with a slice
+# drawn afresh among those where the class has at least min_pixels (any cached axis), seeded by
+# (seed, epoch, index); "slices", every (slice, class) sample of the cache (exhaustive).
+EPOCH_MODES = ("pairs", "slices")
 
 
 def load_manifest(cache_dir: str | Path) -> dict:
@@ -172,10 +176,15 @@ class SliceClassDataset(Dataset):
     def __init__(self, cache_dir: str | Path, manifest: dict, case_ids: list[str], crop_size: tuple[int, int],
                  min_pixels: int = 10, augment: Augmentation | None = None, seed: int = 0,
                  latent_dir: str | Path | None = None, frame: str = "object", cube_resolution: int = 64,
-                 cube_margin: float = DEFAULT_CUBE_MARGIN):
+                 cube_margin: float = DEFAULT_CUBE_MARGIN, epoch_mode: str = "slices"):
         """``latent_dir``: folder of precomputed flow targets (``<case>.npy``, float32 (C, c, R, R, R),
         one latent per class 1..C, in ``frame``); each sample then also holds ``shape_latent``
-        (c, R, R, R). ``cube_resolution``: cells per side of the object cube (the decoder's output)."""
+        (c, R, R, R). ``cube_resolution``: cells per side of the object cube (the decoder's output).
+        ``epoch_mode``: ``EPOCH_MODES`` (``samples`` lists every (case, slice, class); in "pairs" mode
+        an index is a (case, class) pair of ``pairs`` whose slice is drawn per epoch)."""
+        if epoch_mode not in EPOCH_MODES:
+            raise InputError(f"data.epoch must be one of {EPOCH_MODES} (got {epoch_mode!r})")
+        self.epoch_mode = epoch_mode
         self.cache_dir = Path(cache_dir)
         self.latent_dir = Path(latent_dir) if latent_dir is not None else None
         self.frame = check_frame(frame)
@@ -190,16 +199,28 @@ class SliceClassDataset(Dataset):
         self.cases = {c["case_id"]: c for c in manifest["cases"] if c["case_id"] in wanted}
         self.case_index = {case_id: i for i, case_id in enumerate(sorted(self.cases))}
         self.samples: list[tuple[str, dict, int]] = []
+        by_pair: dict[tuple[str, int], list[dict]] = {}
         for case_id in sorted(self.cases):
             for entry in self.cases[case_id]["slices"]:
                 for cls, count in sorted(entry["class_pixel_counts"].items(), key=lambda kv: int(kv[0])):
                     if count >= min_pixels:
                         self.samples.append((case_id, entry, int(cls)))
+                        by_pair.setdefault((case_id, int(cls)), []).append(entry)
+        # (case, class, eligible slices), sorted by case then class
+        self.pairs = [(case_id, cls, entries) for (case_id, cls), entries in sorted(by_pair.items())]
         self._sdf_cache: dict[str, np.ndarray] = {}
         self._cubes: dict[tuple[str, int], ObjectCube] = {}
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.pairs) if self.epoch_mode == "pairs" else len(self.samples)
+
+    def sample_at(self, index: int) -> tuple[str, dict, int]:
+        """(case id, slice entry, class) of item ``index`` in this epoch."""
+        if self.epoch_mode == "slices":
+            return self.samples[index]
+        case_id, cls, entries = self.pairs[index]
+        draw = np.random.default_rng([self.seed, self.epoch, index, 1]).integers(len(entries))
+        return case_id, entries[int(draw)], cls
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentations depend on (seed, epoch, index): reproducible, and different every epoch."""
@@ -222,7 +243,7 @@ class SliceClassDataset(Dataset):
         return self._cubes[key]
 
     def __getitem__(self, index: int) -> dict:
-        case_id, entry, cls = self.samples[index]
+        case_id, entry, cls = self.sample_at(index)
         path = self.cache_dir / entry["file"]
         arrays = read_npz(path, ("image", "mask", "pointmap", "affine"), "slice file")
         image = torch.from_numpy(arrays["image"].astype(np.float32))

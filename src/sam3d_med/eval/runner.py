@@ -130,7 +130,7 @@ class TrainingPriors:
         return out
 
 
-def _protocol(options: EvalOptions, sampler, checkpoint: Path, frame: str) -> dict:
+def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: str) -> dict:
     doc = {"policy": options.policy, "threshold": "logit > 0 (p > 0.5)", "sampler": dataclasses.asdict(sampler),
            "target_frame": frame, "input_slice_constraint": options.input_slice_constraint,
            "seed": options.seed, "nsd_tolerances_mm": list(options.nsd_tolerances_mm),
@@ -141,17 +141,27 @@ def _protocol(options: EvalOptions, sampler, checkpoint: Path, frame: str) -> di
 
 def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Path, options: EvalOptions,
              device: str = "cpu", log=lambda m: print(m, file=sys.stderr)) -> dict:
-    from tqdm import tqdm
-
-    checkpoint, data_root, output_dir = Path(checkpoint), Path(data_root), Path(output_dir)
+    """Evaluate a training checkpoint (its model, settings and training cache) on a test cache."""
     if options.policy not in POLICIES:
         raise ConfigError(f"--policy must be one of {POLICIES}")
     model, payload = load_model_from_checkpoint(checkpoint, device)
-    cfg = payload["config"]
+    return evaluate_model(model, payload["config"], str(checkpoint), data_root, output_dir, options, device, log)
+
+
+def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_dir: str | Path, options: EvalOptions,
+                   device: str = "cpu", log=lambda m: print(m, file=sys.stderr)) -> dict:
+    """Evaluate ``model`` (eval mode, on ``device``) as configured by ``cfg`` (a resolved training
+    config: target frame, crop size, validation sampler, training cache and split for the
+    baselines); ``source`` names it in the protocol (a checkpoint's path, or a base's folder)."""
+    from tqdm import tqdm
+
+    data_root, output_dir = Path(data_root), Path(output_dir)
+    if options.policy not in POLICIES:
+        raise ConfigError(f"--policy must be one of {POLICIES}")
     manifest = load_manifest(data_root)
     sampler = sampler_settings(model.cfg.sampler, cfg.get("validation", {}), options.steps, options.guidance)
     frame = cfg["data"].get("target_frame", "volume")
-    protocol = _protocol(options, sampler, checkpoint, frame)
+    protocol = _protocol(options, sampler, source, frame)
 
     train_cache = Path(options.train_cache or cfg["data"]["slice_cache_dir"])
     if not (train_cache / "manifest.json").is_file():

@@ -8,6 +8,7 @@ expressions over module names in the flow transformer, e.g. ``latent_mapping``).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 
@@ -72,6 +73,20 @@ def apply_lora(model: SparseStructureModel, settings: LoraSettings) -> list[str]
         for name in matched:
             model.generator.get_submodule(name).requires_grad_(True)
     return adapted
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: torch.nn.Module):
+    """Within the block the model computes as its base (every LoRA layer bypassed); afterwards the
+    adapters are on again (and trainable, as ``apply_lora`` left them)."""
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

@@ -63,15 +63,15 @@ class SparseStructureModel(nn.Module):
         return self.decoder(tokens_to_latent_cube(shape_tokens))
 
     @torch.no_grad()
-    def generate(self, condition_inputs: dict[str, torch.Tensor], seed: int = 0, sampler=None,
-                 one_step: bool = False) -> tuple[torch.Tensor, Pose]:
-        """Condition inputs -> (occupancy logits (B, 1, N, N, N) float32, pose decoded in the normalised
-        pointmap frame), by guided sampling from seeded noise; with ``one_step`` the one-step estimate
-        from that noise instead, x0 + v(x0, t = 0) (conditional velocity, no guidance).
+    def sample(self, condition_inputs: dict[str, torch.Tensor], seed: int = 0, sampler=None,
+               one_step: bool = False) -> dict[str, torch.Tensor]:
+        """Condition inputs -> the latents (name -> (B, tokens, channels), float32), by guided sampling
+        from seeded noise; with ``one_step`` the one-step estimate from that noise instead,
+        x0 + v(x0, t = 0) (conditional velocity, no guidance).
 
-        On CUDA the embedder and decoder run under bf16 autocast and the flow blocks under fp16
-        autocast when the release says ``use_fp16`` (as the official pipeline runs them), else bf16;
-        the sampler's state stays float32. On a CPU everything is float32."""
+        On CUDA the embedder runs under bf16 autocast and the flow blocks under fp16 autocast when the
+        release says ``use_fp16`` (as the official pipeline runs them), else bf16; the sampler's state
+        stays float32. On a CPU everything is float32."""
         cuda = self.decoder.input_layer.weight.is_cuda
         flow_dtype = torch.float16 if self.cfg.flow.use_fp16 else torch.bfloat16
         sampler = sampler or self.cfg.sampler
@@ -79,10 +79,16 @@ class SparseStructureModel(nn.Module):
             cond = self.condition_embedder(**{k: condition_inputs[k] for k in CONDITION_INPUTS})
         with torch.autocast("cuda", dtype=flow_dtype, enabled=cuda):
             if one_step:
-                latents = one_step_latents(self.generator, cond, self.generator.latent_shapes(), sampler, seed)
-            else:
-                latents = sample_latents(self.generator, cond, self.generator.latent_shapes(), sampler, seed)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                return one_step_latents(self.generator, cond, self.generator.latent_shapes(), sampler, seed)
+            return sample_latents(self.generator, cond, self.generator.latent_shapes(), sampler, seed)
+
+    @torch.no_grad()
+    def generate(self, condition_inputs: dict[str, torch.Tensor], seed: int = 0, sampler=None,
+                 one_step: bool = False) -> tuple[torch.Tensor, Pose]:
+        """Condition inputs -> (occupancy logits (B, 1, N, N, N) float32, pose decoded in the normalised
+        pointmap frame): ``sample``, then the decoder (bf16 autocast on CUDA) and the pose decoder."""
+        latents = self.sample(condition_inputs, seed, sampler, one_step)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.decoder.input_layer.weight.is_cuda):
             logits = self.decode_shape(latents[SHAPE]).float()
         return logits, decode_pose({name: latents[name] for name in POSE_MEMBERS})
 

@@ -6,12 +6,19 @@ decoder but not its encoder (0-byte placeholder files), so for every (case, clas
 the class's voxels on the case's grid; both from the cache's signed distances) the target latent
 is found by inverting the frozen decoder D:
 
-    z* = argmin_z  BCE(D(z), O) + softDice(D(z), O) + l2 * mean(z^2)
+    z* = argmin_z  BCE(D(z), O) + softDice(D(z), O) + l2 * mean((z - z0)^2)
 
-with Adam from z = 0, keeping for each volume the iterate whose round trip D(z) > 0 has the best
+with Adam from z = z0, keeping for each volume the iterate whose round trip D(z) > 0 has the best
 Dice against O (an optimisation batch stops once every volume in it reaches ``target_dice``).
 
-Why inversion, of the options there are:
+The start z0 (``init``): ``generator`` (default) is the pretrained generator's own sample for that
+structure (conditioned on its largest slice, ``init_steps`` sampler steps, adapters off): the target
+is then the latent nearest to what the pretrained model already produces that decodes to the true
+shape, so it stays in the generator's latent distribution and fine-tuning has to learn only the
+difference (measured on the rehearsal release: LoRA from zero-started targets ended *below* the base
+model, from in-distribution targets above it; see RESULTS.md). ``zero``: z0 = 0.
+
+Why inversion of the decoder, of the options there are:
 - it is exact where it matters: the targets are, by construction, latents that the *released*
   decoder turns into the true shape; the round-trip Dice it reports is measured, per class, on the
   user's own data, and is the ceiling of what the fine-tuned model can reach through this decoder;
@@ -19,9 +26,8 @@ Why inversion, of the options there are:
   validation (and samples of the 1.6 B-parameter generator to stay in its latent distribution), and
   would still leave an amortisation gap on shapes unlike its training data; the public TRELLIS
   encoder belongs to another decoder and would first have to be measured through SAM3D's;
-- it stays near the generator's latent distribution: starting from z = 0 with the small l2 term,
-  the targets keep a small norm around the origin of the flow's N(0, I) noise, and the same shape
-  always gets the same latent (deterministic), similar shapes similar latents.
+- it stays in the generator's latent distribution: it starts from the generator's own sample and
+  the l2 term holds it near that start; it is deterministic (seeded sampling, fixed optimiser).
 Its cost is paid once per data set: ``steps`` decoder forward/backward passes per volume, batched,
 cached beside the preprocessing cache and resumable (a case's files are written when it is done).
 
@@ -38,6 +44,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -59,6 +66,8 @@ class InversionSettings:
     l2: float = 1e-3
     batch_size: int = 8
     target_dice: float = 0.98  # an optimisation batch stops when every volume reached this
+    init: str = "generator"  # z0: "generator" (the pretrained model's own sample) or "zero"
+    init_steps: int = 12  # sampler steps of the generator's sample
 
 
 def decoder_fingerprint(decoder: torch.nn.Module) -> str:
@@ -77,13 +86,15 @@ def _dice(logits: torch.Tensor, occupancy: torch.Tensor) -> torch.Tensor:
 
 
 def invert_decoder(decoder: torch.nn.Module, occupancy: torch.Tensor, settings: InversionSettings,
-                   latent_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+                   latent_shape: tuple[int, ...], start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 1, N, N, N) occupancy in {0, 1} -> (latents (B, *latent_shape) float32, round-trip Dice (B,)).
 
-    The decoder stays frozen (its parameters get no gradient); on CUDA it runs under bf16 autocast."""
+    ``start``: z0 (B, *latent_shape), the start and the centre of the l2 term (default 0). The
+    decoder stays frozen (its parameters get no gradient); on CUDA it runs under bf16 autocast."""
     device = occupancy.device
     occupancy = occupancy.float()
-    z = torch.zeros((occupancy.shape[0], *latent_shape), device=device, requires_grad=True)
+    z0 = torch.zeros((occupancy.shape[0], *latent_shape), device=device) if start is None else start.to(device).float()
+    z = z0.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=settings.learning_rate)
     best_z, best_dice = z.detach().clone(), torch.full((occupancy.shape[0],), -1.0, device=device)
     trainable = [p for p in decoder.parameters() if p.requires_grad]
@@ -103,7 +114,8 @@ def invert_decoder(decoder: torch.nn.Module, occupancy: torch.Tensor, settings: 
         probability = torch.sigmoid(logits).flatten(1)
         truth = occupancy.flatten(1)
         soft_dice = 1 - (2 * (probability * truth).sum(1) + 1) / (probability.sum(1) + truth.sum(1) + 1)
-        loss = F.binary_cross_entropy_with_logits(logits, occupancy) + soft_dice.mean() + settings.l2 * z.square().mean()
+        loss = F.binary_cross_entropy_with_logits(logits, occupancy) + soft_dice.mean() \
+            + settings.l2 * (z - z0).square().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -113,9 +125,14 @@ def invert_decoder(decoder: torch.nn.Module, occupancy: torch.Tensor, settings: 
 
 
 def targets_folder(cache_dir: str | Path, decoder: torch.nn.Module, settings: InversionSettings,
-                   frame: str = "object", cube_margin: float = DEFAULT_CUBE_MARGIN) -> tuple[Path, dict]:
+                   frame: str = "object", cube_margin: float = DEFAULT_CUBE_MARGIN,
+                   generator_identity: dict | None = None) -> tuple[Path, dict]:
+    """The cache folder of these targets and what identifies them: the decoder's weights, the
+    settings, the frame, and with ``init="generator"`` the generator (``generator_identity``)."""
     identity = {"format": FORMAT, "decoder_sha256": decoder_fingerprint(decoder), "frame": frame,
                 "settings": asdict(settings)}
+    if settings.init == "generator":
+        identity["generator"] = generator_identity
     if frame == "object":
         identity["cube_margin"] = cube_margin
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -147,17 +164,24 @@ def case_occupancies(cache_dir: Path, case: dict, frame: str, resolution: int,
 def ensure_latent_targets(cache_dir: str | Path, cases: list[dict], decoder: torch.nn.Module,
                           settings: InversionSettings, device: torch.device, latent_shape: tuple[int, ...],
                           resolution: int, frame: str = "object", cube_margin: float = DEFAULT_CUBE_MARGIN,
-                          rank: int = 0, world_size: int = 1, progress: bool = True) -> Path:
+                          rank: int = 0, world_size: int = 1, progress: bool = True,
+                          start_latents: Callable[[list[tuple[dict, int]]], torch.Tensor] | None = None,
+                          generator_identity: dict | None = None) -> Path:
     """Compute the targets of ``cases`` (manifest entries) that are not cached yet; returns the folder.
 
-    ``resolution``: the decoder's output side n. With several processes (DDP) each rank takes every
-    ``world_size``-th case; the caller waits for all ranks before reading. Volumes of all cases are
-    batched together, ``settings.batch_size`` at a time; a case's files are written as soon as all
-    its classes are done."""
+    ``resolution``: the decoder's output side n. ``start_latents``: (case, class index) pairs ->
+    their z0 (with ``init="generator"``; None: zeros). With several processes (DDP) each rank takes
+    every ``world_size``-th case; the caller waits for all ranks before reading. Volumes of all cases
+    are batched together, ``settings.batch_size`` at a time; a case's files are written as soon as
+    all its classes are done."""
     from tqdm import tqdm
 
     cache_dir = Path(cache_dir)
-    folder, identity = targets_folder(cache_dir, decoder, settings, frame, cube_margin)
+    if settings.init not in ("generator", "zero"):
+        raise InputError(f"latent_targets.init must be generator or zero (got {settings.init!r})")
+    if settings.init == "zero":
+        start_latents = None
+    folder, identity = targets_folder(cache_dir, decoder, settings, frame, cube_margin, generator_identity)
     folder.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         atomic_write_json(folder / "settings.json", identity)
@@ -179,7 +203,8 @@ def ensure_latent_targets(cache_dir: str | Path, cases: list[dict], decoder: tor
 
     def run_batch() -> None:
         occupancy = torch.stack([torch.from_numpy(results[c["case_id"]]["occupancy"][k]) for c, k in pending])
-        latents, dice = invert_decoder(decoder, occupancy[:, None].float().to(device), settings, latent_shape)
+        start = start_latents(list(pending)) if start_latents is not None else None
+        latents, dice = invert_decoder(decoder, occupancy[:, None].float().to(device), settings, latent_shape, start)
         for (case, k), z, d in zip(pending, latents.cpu().numpy(), dice.tolist()):
             entry = results[case["case_id"]]
             entry["latents"][k], entry["dice"][k] = z, d

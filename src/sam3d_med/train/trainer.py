@@ -38,6 +38,7 @@ from ..model.sam3d import SparseStructureModel
 from ..runtime import keep_freed_memory_for_reuse
 from .latent_targets import InversionSettings, ensure_latent_targets, round_trip_summary
 from .losses import LossWeights, TrainingObjective, dice
+from .memory import SAFETY, GiB, estimate_training_memory, synthetic_batch
 
 log = logging.getLogger("sam3d_med.train")
 CHECKPOINT_FORMAT = "sam3d-med-train-1"
@@ -111,10 +112,61 @@ def build_model(cfg: DictConfig) -> tuple[SparseStructureModel, dict]:
         torch.manual_seed(int(cfg.model.get("init_seed", 0)))
         model = SparseStructureModel.from_preset(preset)
         identity = {"kind": "random-init", "preset": preset, "init_seed": int(cfg.model.get("init_seed", 0))}
-    if cfg.training.gradient_checkpointing:
-        for block in model.generator.blocks:
-            block.use_checkpoint = True
     return model, identity
+
+
+def place_on_device(model: SparseStructureModel, cfg: DictConfig, device: torch.device, frame: str) -> bool:
+    """Move the configured model (adapters applied) to ``device`` as it will train; returns whether
+    gradient checkpointing is on.
+
+    On CUDA the frozen weights are held in bf16 (the trained ones stay float32: adapters, their
+    gradients and AdamW state), and ``training.gradient_checkpointing: auto`` switches checkpointing
+    on when ``train.memory``'s estimate (x its safety factor) says the batch would not fit the GPU;
+    when it would not fit even so, one line names the batch size that fits. On a CPU everything
+    stays float32 and ``auto`` means off."""
+    setting = cfg.training.gradient_checkpointing
+    if setting not in (True, False, "auto"):
+        raise ConfigError(f"training.gradient_checkpointing must be true, false or auto (got {setting!r})")
+    use = setting is True
+    if device.type == "cuda":
+        if not cfg.training.train_base:
+            for param in model.parameters():
+                if not param.requires_grad:
+                    param.data = param.data.to(torch.bfloat16)
+        total = torch.cuda.get_device_properties(device).total_memory
+        use = checkpointing_decision(_memory_estimate(model, cfg, frame), int(cfg.training.batch_size), total, setting)
+    for block in model.generator.blocks:
+        block.use_checkpoint = use
+    model.to(device)
+    return use
+
+
+def checkpointing_decision(estimate, batch: int, total_bytes: float, setting) -> bool:
+    """Whether to checkpoint (``setting`` true/false/"auto": when the batch would not fit without);
+    logs the figures; one line naming the batch size that fits when it does not fit even so."""
+    need = {ckpt: estimate.peak(batch, ckpt) * SAFETY for ckpt in (False, True)}
+    use = need[False] > total_bytes if setting == "auto" else bool(setting)
+    log.info("GPU memory: %.1f GiB; a step at batch %d needs about %.1f GiB without gradient checkpointing, "
+             "%.1f GiB with it (estimate x %.2f): checkpointing %s", total_bytes / GiB, batch, need[False] / GiB,
+             need[True] / GiB, SAFETY, "on" if use else "off")
+    if need[use] > total_bytes:
+        fits = max(1, estimate.largest_batch(total_bytes, checkpointing=True))
+        raise ConfigError(f"training.batch_size={batch} needs about {need[use] / GiB:.1f} GiB, the GPU has "
+                          f"{total_bytes / GiB:.1f} GiB: use training.batch_size={fits} with "
+                          f"training.gradient_checkpointing=true (training.grad_accum_steps={-(-batch // fits)} keeps "
+                          f"the effective batch)")
+    return use
+
+
+def _memory_estimate(model: SparseStructureModel, cfg: DictConfig, frame: str):
+    """``train.memory``'s estimate for this run, on a meta-device copy of the model as it trains."""
+    with torch.device("meta"):
+        meta = SparseStructureModel(model.cfg, with_encoder=model.encoder is not None)
+    configure_trainable(meta, cfg)
+    weights = LossWeights(**{k: type(v)(cfg.loss[k]) for k, v in asdict(LossWeights()).items()})
+    crop = int(cfg.data.preprocess_crop_size[0])
+    return estimate_training_memory(meta, lambda m: TrainingObjective(m, weights, frame),
+                                    lambda b: synthetic_batch(meta, b, crop, "meta"))
 
 
 def configure_trainable(model: SparseStructureModel, cfg: DictConfig) -> None:
@@ -288,13 +340,44 @@ def validate(objective: TrainingObjective, loader: DataLoader, device: torch.dev
             "val_dice_one_step": float(np.mean(one_step)) if one_step else float("nan")}
 
 
+class GeneratorStart:
+    """z0 of decoder inversion (``latent_targets``): the pretrained generator's own sample of each
+    structure, conditioned on the structure's largest slice in the cache (ties: lowest axis, then
+    index), with its adapters bypassed, seeded. Called with (case entry, class index) pairs."""
+
+    def __init__(self, model: SparseStructureModel, dataset: SliceClassDataset, sampler, device, seed: int):
+        self.model, self.dataset, self.sampler, self.device, self.seed = model, dataset, sampler, device, seed
+
+    def __call__(self, pending: list[tuple[dict, int]]) -> torch.Tensor:
+        from torch.utils.data import default_collate
+
+        from ..model.flow_transformer import SHAPE
+        from ..model.lora import adapters_disabled
+        from ..model.vae import tokens_to_latent_cube
+
+        samples = []
+        for case, index in pending:
+            cls = str(index + 1)
+            entry = max(case["slices"], key=lambda e: (e["class_pixel_counts"].get(cls, 0), -e["axis"], -e["slice_idx"]))
+            samples.append((case["case_id"], entry, index + 1))
+        self.dataset.samples = samples
+        batch = default_collate([self.dataset[i] for i in range(len(samples))])
+        batch = {k: v.to(self.device) for k, v in batch.items() if torch.is_tensor(v)}
+        was_training = self.model.training
+        self.model.eval()
+        with adapters_disabled(self.model), _autocast(self.device):
+            latents = self.model.sample(batch, seed=self.seed, sampler=self.sampler)
+        self.model.train(was_training)
+        return tokens_to_latent_cube(latents[SHAPE].float())
+
+
 def target_frame(cfg: DictConfig) -> str:
     """The run's target frame (``data.target_frame``; a checkpoint from before it existed: volume)."""
     return check_frame(str(cfg.data.get("target_frame", "volume")))
 
 
 def prepare_latent_targets(model: SparseStructureModel, cfg: DictConfig, manifest: dict, case_ids: list[str],
-                           ranks: Ranks) -> Path | None:
+                           ranks: Ranks, identity: dict | None = None) -> Path | None:
     """Where the flow's shape targets come from: the SS encoder when the model has one (None is
     returned: targets are encoded batch by batch), else decoder inversion, cached per case (the
     folder is returned; computed now for the cases not cached yet, shared out over the ranks)."""
@@ -305,10 +388,20 @@ def prepare_latent_targets(model: SparseStructureModel, cfg: DictConfig, manifes
     cases = [c for c in manifest["cases"] if c["case_id"] in set(case_ids)]
     latent_shape = (model.cfg.flow.latent_channels,) + (model.cfg.flow.resolution,) * 3
     log.info("flow targets: no SS encoder weights (Meta did not release them): inverting the frozen decoder "
-             "for every (case, class), cached in the preprocessing cache")
+             "for every (case, class), starting from %s, cached in the preprocessing cache",
+             "the pretrained generator's own sample" if settings.init == "generator" else "zero")
+    frame = target_frame(cfg)
+    start = None
+    if settings.init == "generator":
+        crop = tuple(int(x) for x in cfg.data.preprocess_crop_size)
+        dataset = SliceClassDataset(cfg.data.slice_cache_dir, manifest, case_ids, crop, 1, None, int(cfg.seed),
+                                    frame=frame, cube_resolution=model.cfg.occupancy_resolution,
+                                    cube_margin=float(cfg.data.cube_margin))
+        start = GeneratorStart(model, dataset, replace(model.cfg.sampler, steps=settings.init_steps), ranks.device,
+                               int(cfg.seed))
     folder = ensure_latent_targets(cfg.data.slice_cache_dir, cases, model.decoder, settings, ranks.device, latent_shape,
-                                   model.cfg.occupancy_resolution, target_frame(cfg), float(cfg.data.cube_margin),
-                                   ranks.rank, ranks.world_size)
+                                   model.cfg.occupancy_resolution, frame, float(cfg.data.cube_margin),
+                                   ranks.rank, ranks.world_size, start_latents=start, generator_identity=identity)
     ranks.barrier()
     if ranks.is_main:
         names = {int(k): v for k, v in manifest.get("class_names", {}).items()}
@@ -361,24 +454,27 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     model, identity = build_model(cfg)
     configure_trainable(model, cfg)
-    model.to(device)
+    place_on_device(model, cfg, device, target_frame(cfg))
 
     manifest = load_manifest(cfg.data.slice_cache_dir)
     train_ids, val_ids = split_cases([c["case_id"] for c in manifest["cases"]], float(cfg.data.val_fraction), seed)
-    latent_dir = prepare_latent_targets(model, cfg, manifest, train_ids + val_ids, ranks)
+    latent_dir = prepare_latent_targets(model, cfg, manifest, train_ids + val_ids, ranks, identity)
     crop = tuple(int(x) for x in cfg.data.preprocess_crop_size)
     augment = Augmentation() if cfg.data.augment else None
     frame = target_frame(cfg)
     geometry = dict(latent_dir=latent_dir, frame=frame, cube_resolution=model.cfg.occupancy_resolution,
-                    cube_margin=float(cfg.data.cube_margin))
+                    cube_margin=float(cfg.data.cube_margin), epoch_mode=str(cfg.data.get("epoch", "slices")))
     train_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, train_ids, crop, int(cfg.data.min_pixels), augment,
                                   seed, **geometry)
     val_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, val_ids, crop, int(cfg.data.min_pixels), None, seed,
                                 **geometry)
     if len(train_set) == 0:
         raise InputError(f"{cfg.data.slice_cache_dir}: no training samples (cases {train_ids})")
-    log.info("data: %d train cases (%d samples), %d validation cases (%d samples); crop %s",
-             len(train_ids), len(train_set), len(val_ids), len(val_set), list(crop))
+    log.info("data: %d train cases (%d (case, class) pairs, %d (slice, class) samples), %d validation cases (%d "
+             "pairs); crop %s; an epoch is %s", len(train_ids), len(train_set.pairs), len(train_set.samples),
+             len(val_ids), len(val_set.pairs), list(crop),
+             "every (case, class) pair once, with a slice drawn afresh" if train_set.epoch_mode == "pairs"
+             else "every (slice, class) sample")
 
     batch_size = int(cfg.training.batch_size)
     if ranks.world_size > 1:

@@ -1,0 +1,126 @@
+"""How much GPU memory a training step needs, estimated on the meta device (no memory, no weights).
+
+peak(batch) = static + batch x per_sample, where
+- static: the frozen weights in bf16, the trained parameters in float32 with their gradients and
+  AdamW's two moments;
+- per_sample: the bytes autograd saves for the backward pass of one sample (bf16 under autocast),
+  with attention counted as the GPU's memory-efficient kernels keep it (q, k, v, output, a float32
+  log-sum-exp per query; never the queries x keys matrix); with gradient checkpointing, the
+  per-block inputs plus one block's recomputed activations (alive during its backward).
+
+Checked against one H100 (benchmarks/RESULTS.md, release sizes, Dino at 770 px, crop 256, LoRA rank
+8): without checkpointing 13.5 / 23.9 / 44.6 GiB estimated vs 12.4 / 21.5 / 39.7 measured at batch
+1 / 2 / 4; with checkpointing the estimate is below the measurement (allocator and workspace
+overheads weigh more there), hence ``SAFETY`` on every decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..model.sam3d import CONDITION_INPUTS, SparseStructureModel
+
+GiB = 2**30
+SAFETY = 1.35  # estimate x SAFETY must fit; covers the checkpointed case's measured shortfall (7.6 vs 12.7 GiB
+# at batch 4 with the per-block term below included: 9.1 GiB x 1.35 = 12.3 GiB)
+
+
+@dataclass
+class MemoryEstimate:
+    static_bytes: float
+    per_sample_bytes: float  # without gradient checkpointing
+    per_sample_checkpointed_bytes: float
+
+    def peak(self, batch: int, checkpointing: bool) -> float:
+        per = self.per_sample_checkpointed_bytes if checkpointing else self.per_sample_bytes
+        return self.static_bytes + batch * per
+
+    def largest_batch(self, budget_bytes: float, checkpointing: bool = True) -> int:
+        per = self.per_sample_checkpointed_bytes if checkpointing else self.per_sample_bytes
+        return max(0, int((budget_bytes / SAFETY - self.static_bytes) // per))
+
+
+class _MemoryEfficientAttention(torch.autograd.Function):
+    """Attention saving for backward what the memory-efficient kernels save (see module doc)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        with torch.no_grad():
+            out = _SDPA(q, k, v)
+        ctx.save_for_backward(q, k, v, out, torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device))
+        return out
+
+
+_SDPA = torch.nn.functional.scaled_dot_product_attention
+
+
+def saved_bytes(objective, batch: dict) -> float:
+    """Bytes autograd saves during ``objective(batch)`` (parameters excluded; at most 2 bytes per
+    element: bf16 under autocast), with memory-efficient attention."""
+    saved = [0]
+
+    def pack(t):
+        if not isinstance(t, torch.nn.Parameter):
+            saved[0] += t.numel() * min(t.element_size(), 2)
+        return t
+
+    torch.nn.functional.scaled_dot_product_attention = lambda q, k, v, **kw: _MemoryEfficientAttention.apply(q, k, v)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            objective(batch)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = _SDPA
+    return float(saved[0])
+
+
+def static_bytes(model: SparseStructureModel) -> float:
+    trained = [p for p in model.parameters() if p.requires_grad]
+    frozen = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in trained)
+    return frozen * 2.0 + sum(p.numel() for p in trained) * 4.0 * 4  # bf16 frozen; fp32 weight, grad, 2 moments
+
+
+def synthetic_batch(model: SparseStructureModel, batch: int, crop: int, device="cpu") -> dict[str, torch.Tensor]:
+    """A training batch of the right keys and shapes for both target frames (random crops of
+    ``crop`` px, a sphere as the structure, random shape latents): for estimates and benchmarks."""
+    g = torch.Generator().manual_seed(0)
+    cfg = model.cfg
+    side = cfg.occupancy_resolution
+    out = {k: torch.rand(batch, 1 if "mask" in k else 3, crop, crop, generator=g) for k in CONDITION_INPUTS}
+    for k in ("mask", "rgb_image_mask"):
+        out[k] = (out[k] > 0.5).float()
+    grid = torch.stack(torch.meshgrid(*[torch.arange(side, dtype=torch.float32)] * 3, indexing="ij"))
+    sdf = (grid - side / 2).norm(dim=0) * 3.0 - 30.0  # a sphere of 10 voxels, mm
+    volume = dict(sdf=sdf.expand(batch, 1, side, side, side).clone(),
+                  occupancy=(sdf < 0).float().expand(batch, 1, side, side, side).clone())
+    # the object frame's targets: the same sphere in its cube, the slice through its centre
+    plane = torch.meshgrid(*[torch.linspace(-96, 96, side)] * 2, indexing="ij")
+    out.update(volume, cube_sdf=volume["sdf"], cube_occupancy=volume["occupancy"],
+               cube_centre_mm=torch.zeros(batch, 3), cube_side_mm=torch.full((batch,), 66.0),
+               pointmap_shift=torch.zeros(batch, 3), pointmap_scale=torch.full((batch,), 90.0),
+               slice_points=torch.stack(plane + (torch.zeros(side, side),)).expand(batch, 3, side, side).clone(),
+               slice_mask=(sdf[..., side // 2] < 0).float().expand(batch, 1, side, side).clone(),
+               axis=torch.full((batch,), 2), slice_idx=torch.full((batch,), side // 2),
+               shape_latent=torch.randn(batch, cfg.flow.latent_channels, *(cfg.flow.resolution,) * 3, generator=g))
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def estimate_training_memory(meta_model: SparseStructureModel, objective_factory, batch_factory) -> MemoryEstimate:
+    """``meta_model``: the model as it will train (adapters applied), on the meta device;
+    ``objective_factory(model)`` -> the training objective; ``batch_factory(batch_size)`` -> a batch
+    of meta tensors."""
+    blocks = meta_model.generator.blocks
+    previous = [b.use_checkpoint for b in blocks]
+    try:
+        for b in blocks:
+            b.use_checkpoint = False
+        full = saved_bytes(objective_factory(meta_model), batch_factory(1))
+        for b in blocks:
+            b.use_checkpoint = True
+        checkpointed = saved_bytes(objective_factory(meta_model), batch_factory(1))
+    finally:
+        for b, use in zip(blocks, previous):
+            b.use_checkpoint = use
+    one_block = (full - checkpointed) / max(1, len(blocks))
+    return MemoryEstimate(static_bytes(meta_model), full, checkpointed + one_block)
