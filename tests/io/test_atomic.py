@@ -32,3 +32,30 @@ def test_npz_round_trip_and_stale_temporaries(tmp_path):
     assert remove_stale_temporaries(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npz"]
 
+
+
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_get_the_permissions_of_a_plain_open_under_the_umask(tmp_path, umask, expected):
+    """mkstemp makes 0600 files; a rename keeps that, and colleagues could not read caches,
+    checkpoints or figures on a shared server."""
+    import os
+
+    import torch
+
+    from sam3d_med.io.atomic import atomic_path, atomic_save_npz, atomic_write_json, current_umask
+    from sam3d_med.io.nifti import save_volume
+
+    previous = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        atomic_save_npz(tmp_path / "b.npz", x=np.zeros(3))
+        with atomic_path(tmp_path / "c.pt") as tmp:
+            torch.save({"x": 1}, tmp)
+        save_volume(tmp_path / "d.nii.gz", np.zeros((4, 4, 4), np.int16), np.eye(4))
+        with open(tmp_path / "plain.txt", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {name: expected for name in ("a.json", "b.npz", "c.pt", "d.nii.gz", "plain.txt")}

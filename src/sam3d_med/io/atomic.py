@@ -21,11 +21,34 @@ from .npz import npy_bytes, npz_bytes
 TMP_MARKER = ".tmp-sam3d-"
 
 
+def current_umask() -> int:
+    """The process's umask. Linux reports it in /proc (read without changing it); elsewhere it is
+    set and restored, which is only racy against threads creating files at that instant."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _temporary_beside(target: Path, suffix: str | None) -> tuple[int, Path]:
+    """A new temporary file beside ``target`` with the permissions a plain ``open()`` would give
+    the target under the current umask (``mkstemp`` makes it 0600, which the rename would keep:
+    colleagues on a shared server could not read caches, checkpoints or figures)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(target.suffixes) or ".tmp"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}{TMP_MARKER}", suffix=suffix, dir=target.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    except BaseException:
+        os.close(fd)
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
     return fd, Path(tmp_name)
 
 
