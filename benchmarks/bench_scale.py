@@ -125,7 +125,7 @@ def main() -> None:
     reconstructions = args.test_cases * args.classes * args.axes
     print(f"\nan epoch = every (case, class) pair once: {args.train_cases} cases x {args.classes} classes = "
           f"{samples_per_epoch:,d} samples")
-    print(f"{'':<34}{'estimate':>12}{'measured rate':>16}")
+    print(f"{'':<46}{'estimate':>12}{'measured rate':>16}")
     best = max((batch / r["seconds"] for (batch, ckpt), r in rows.items()), default=None)
     inference = measured("inference.json")
     per_recon = min((r["seconds"] / r["batch"] for r in (inference or {}).get("reconstruction", [])), default=None)
@@ -134,8 +134,12 @@ def main() -> None:
               args.epochs * samples_per_epoch / best / 3600 if best else None),
              (f"hours to evaluate {args.test_cases} cases ({reconstructions:,d} rec.)", reconstructions * recon / rate / 3600,
               reconstructions * per_recon / 3600 if per_recon else None)]
+    checkpointed_4 = rows.get((4, True))
+    if checkpointed_4:  # what a 24 GB card runs: batch 4 with checkpointing (the estimate counts FLOPs once)
+        lines.append((f"hours for {args.epochs} epochs, 24 GB card", hours_epoch * args.epochs,
+                      args.epochs * samples_per_epoch / (4 / checkpointed_4["seconds"]) / 3600))
     for label, estimate, at_measured in lines:
-        print(f"{label:<34}{estimate:>12.2f}" + (f"{at_measured:>16.2f}" if at_measured is not None else f"{'-':>16}"))
+        print(f"{label:<46}{estimate:>12.2f}" + (f"{at_measured:>16.2f}" if at_measured is not None else f"{'-':>16}"))
     if best:
         print(f"(measured rate: {best:.2f} samples/s, the best row above; reconstruction {per_recon:.2f} s each, "
               f"batched; one H100, {train_bf16['device']})")

@@ -5,13 +5,18 @@ peak(batch) = static + batch x per_sample, where
   AdamW's two moments;
 - per_sample: the bytes autograd saves for the backward pass of one sample (bf16 under autocast),
   with attention counted as the GPU's memory-efficient kernels keep it (q, k, v, output, a float32
-  log-sum-exp per query; never the queries x keys matrix); with gradient checkpointing, the
-  per-block inputs plus one block's recomputed activations (alive during its backward).
+  log-sum-exp per query; never the queries x keys matrix); with gradient checkpointing, what is
+  saved outside the blocks plus the per-block inputs, plus the working set of the block being
+  recomputed during its backward: ``TRANSIENT_BLOCKS`` blocks' worth of saved activations (its
+  recomputed activations, the gradients flowing through them, autocast's bf16 copies).
 
 Checked against one H100 (benchmarks/RESULTS.md, release sizes, Dino at 770 px, crop 256, LoRA rank
 8): without checkpointing 13.5 / 23.9 / 44.6 GiB estimated vs 12.4 / 21.5 / 39.7 measured at batch
-1 / 2 / 4; with checkpointing the estimate is below the measurement (allocator and workspace
-overheads weigh more there), hence ``SAFETY`` on every decision.
+1 / 2 / 4; with checkpointing 5.5 / 7.7 / 12.2 estimated vs 5.6 / 8.0 / 12.7 measured. Counting
+only one recomputed block (1.5 GiB per sample instead of the measured 2.4) under-estimated the
+checkpointed runs by up to 28%; the working set of the recomputed block is what the saved-tensor
+count cannot see, and 3 blocks' worth is what the measurement shows (the one figure fitted to it).
+``SAFETY`` on every decision covers allocator fragmentation and kernels' workspaces.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import torch
 from ..model.sam3d import CONDITION_INPUTS, SparseStructureModel
 
 GiB = 2**30
-SAFETY = 1.35  # estimate x SAFETY must fit; covers the checkpointed case's measured shortfall (7.6 vs 12.7 GiB
-# at batch 4 with the per-block term below included: 9.1 GiB x 1.35 = 12.3 GiB)
+SAFETY = 1.35  # estimate x SAFETY must fit (fragmentation, workspaces, other processes' contexts)
+TRANSIENT_BLOCKS = 3  # a checkpointed block's backward working set, in blocks' saved activations (see above)
 
 
 @dataclass
@@ -123,4 +128,4 @@ def estimate_training_memory(meta_model: SparseStructureModel, objective_factory
         for b, use in zip(blocks, previous):
             b.use_checkpoint = use
     one_block = (full - checkpointed) / max(1, len(blocks))
-    return MemoryEstimate(static_bytes(meta_model), full, checkpointed + one_block)
+    return MemoryEstimate(static_bytes(meta_model), full, checkpointed + TRANSIENT_BLOCKS * one_block)
