@@ -82,3 +82,16 @@ def test_tutorial_command(trained, tmp_path):
     assert set(np.unique(true_labels)) == {0, 1, 2, 3, 4, 5} and affine.shape == (4, 4)
     for c, surfaces in case_surfaces(logits, affine, true_labels).items():  # closed surfaces in world mm
         assert surfaces["true"].is_watertight and surfaces["true"].volume > 0
+
+
+def test_the_table_shows_inf_counts_never_nan_mm():
+    from sam3d_med.eval.metrics import summarize
+    from sam3d_med.eval.runner import METHODS, distance_cell, summary_table
+
+    all_inf, some_inf = summarize([float("inf")] * 3), summarize([4.0, 6.0, float("inf")])
+    assert distance_cell(all_inf) == "inf (3 of 3)" and distance_cell(some_inf) == "5.0 mm (1 inf)"
+    assert distance_cell(summarize([float("nan")])) == "no values"
+    stats = {"dice": summarize([0.0, 0.0, 0.0]), "hd95_mm": all_inf}
+    document = {"summary": {m: {"overall": stats, "per_class": {"left atrium": stats}} for m in METHODS}}
+    table = summary_table(document)
+    assert "nan" not in table and table.count("inf (3 of 3)") == 2 * len(METHODS)

@@ -301,8 +301,16 @@ def write_reports(records: list[dict], output_dir: Path, protocol: dict, names: 
     return document
 
 
+def distance_cell(stats: dict) -> str:
+    """A distance summary as the table shows it: the median of the finite values in mm, and how many
+    were inf (a prediction or truth was empty), as metrics.json counts them; never a bare "nan"."""
+    if stats["finite"] == 0:
+        return f"inf ({stats['inf']} of {stats['count']})" if stats["inf"] else "no values"
+    return f"{stats['median']:.1f} mm" + (f" ({stats['inf']} inf)" if stats["inf"] else "")
+
+
 def summary_table(document: dict) -> str:
-    """Dice mean and HD95 median per class, model beside the baselines."""
+    """Dice mean and HD95 median per class, model beside the baselines (inf counts where there are)."""
     lines = [f"{'class':<18}" + "".join(f"{m + ' Dice':>17}{m + ' HD95':>17}" for m in METHODS)]
     per_method = document["summary"]
     classes = list(per_method["model"]["per_class"])
@@ -310,6 +318,6 @@ def summary_table(document: dict) -> str:
         cells = []
         for method in METHODS:
             stats = per_method[method]["overall"] if name == "(all)" else per_method[method]["per_class"][name]
-            cells.append(f"{stats['dice']['mean']:>17.3f}{stats['hd95_mm']['median']:>14.1f} mm")
+            cells.append(f"{stats['dice']['mean']:>17.3f}{distance_cell(stats['hd95_mm']):>17}")
         lines.append(f"{name:<18}" + "".join(cells))
     return "\n".join(lines)
