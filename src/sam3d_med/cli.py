@@ -218,6 +218,8 @@ def cmd_predict(args) -> int:
         mesh_path=args.mesh, **load_for_inference(args))
     print(f"prediction: {written['mask']} ({written['voxels']} voxels, {written['volume_ml']:.1f} ml, on the input's grid)"
           + "".join(f"; {k}: {written[k]}" for k in ("probability", "mesh") if k in written))
+    if "warning" in written:
+        print(f"warning: {written['warning']}", file=sys.stderr)
     return 0
 
 

@@ -208,7 +208,8 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
                    probability_path: str | Path | None = None, mesh_path: str | Path | None = None,
                    device: str = "cpu", frame: str = "object", input_slice: bool = True) -> dict:
     """Write the predicted mask (uint8 NIfTI on the input's grid); optionally probabilities and a mesh.
-    ``input_slice``: the prediction on the input plane is the input mask (module doc, step 4)."""
+    ``input_slice``: the prediction on the input plane is the input mask (module doc, step 4). An
+    empty prediction still writes the NIfTI outputs (no mesh) and returns a ``warning``."""
     image = load_volume(image_path, "image", canonical=False)
     view = canonical_slice(image, axis, slice_idx, spacing_mm,
                            model.cfg.occupancy_resolution if frame == "volume" else None, image_path)
@@ -240,12 +241,15 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
     if probability_path:
         save_volume(probability_path, prob.astype(np.float32), image.affine, dtype=np.float32)
         written["probability"] = str(probability_path)
-    if mesh_path:
-        mesh = surface_of_logits(reconstruction.surface_logits, reconstruction.surface_affine)
-        if mesh is None:
-            raise InputError("the prediction is empty: no surface to write")
+    # An empty prediction is a result, not an error: the NIfTI outputs are written either way, no mesh
+    # (there is no surface), the caller warns, and the status is success.
+    mesh = surface_of_logits(reconstruction.surface_logits, reconstruction.surface_affine) if mesh_path else None
+    if mesh is not None:
         write_mesh(mesh, mesh_path)
         written["mesh"] = str(mesh_path)
+    if not predicted.any():
+        written["warning"] = ("the prediction is empty (no voxel reaches p = 0.5)"
+                              + ("; no mesh written" if mesh_path else ""))
     written.update(voxels=int(predicted.sum()), canonical_slice=(view.axis, view.index),
                    volume_ml=voxel_volume_mm3(predicted, image.affine) / 1000.0)
     return written
