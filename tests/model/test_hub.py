@@ -94,6 +94,20 @@ def test_rerun_fetches_nothing_again(tmp_path):
         first_gets = sum(1 for m, _, _ in hub.requests if m == "GET")
         download_checkpoints(REPO, tmp_path, endpoint=hub.endpoint, log=lambda m: None)
         assert sum(1 for m, _, _ in hub.requests if m == "GET") == first_gets
+    assert not list(tmp_path.rglob("*.lock"))
+
+
+def test_a_lock_another_download_holds_is_kept(tmp_path):
+    from filelock import FileLock
+
+    from sam3d_med.model.hub import remove_unheld_locks
+
+    held, stale = tmp_path / "a.lock", tmp_path / "sub" / "b.lock"
+    stale.parent.mkdir()
+    stale.touch()
+    with FileLock(str(held)):
+        assert remove_unheld_locks(tmp_path) == 1
+        assert held.exists() and not stale.exists()
 
 
 def test_no_token_gated_and_missing_file_give_clear_messages(tmp_path):
@@ -108,6 +122,8 @@ def test_no_token_gated_and_missing_file_give_clear_messages(tmp_path):
     with HubStub(REPO, files) as hub:
         with pytest.raises(DownloadError, match="has no file ss_decoder.ckpt"):
             download_checkpoints(REPO, tmp_path / "c", endpoint=hub.endpoint, log=lambda m: None)
+    # a failed attempt leaves no lock files behind (partial transfers and metadata stay, to resume)
+    assert not list(tmp_path.rglob("*.lock")) and list((tmp_path / "c").rglob("*.metadata"))
 
 
 def test_no_network_gives_one_clear_message(tmp_path, monkeypatch):

@@ -196,7 +196,34 @@ def download_checkpoints(repo_id: str, out_dir: str | Path, *, revision: str = "
     out_dir = Path(out_dir)
     staging = out_dir / STAGING_DIR
     staging.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_into(repo_id, out_dir, staging, revision, token, endpoint, everything, log)
+    finally:
+        remove_unheld_locks(staging)
 
+
+def remove_unheld_locks(staging: Path) -> int:
+    """Delete huggingface_hub's ``*.lock`` files under ``staging`` that no process holds (it leaves
+    them behind, after a failure too); the partial transfers and metadata stay, for resuming."""
+    from filelock import FileLock, Timeout
+
+    removed = 0
+    for path in staging.rglob("*.lock"):
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue  # another download into this folder is running
+        try:
+            path.unlink(missing_ok=True)
+            removed += 1
+        finally:
+            lock.release()
+    return removed
+
+
+def _download_into(repo_id: str, out_dir: Path, staging: Path, revision: str, token: str | None, endpoint: str,
+                   everything: bool, log) -> DownloadResult:
     pipeline_path = _fetch(repo_id, PIPELINE_FILE, staging, revision, token, endpoint)
     try:
         pipeline = yaml.safe_load(pipeline_path.read_text())
