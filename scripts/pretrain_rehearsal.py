@@ -8,11 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from sam3d_med.rehearsal import pretrain_rehearsal
-from sam3d_med.runtime import keep_freed_memory_for_reuse
-
 REPO = Path(__file__).resolve().parents[1]
 
 if __name__ == "__main__":
@@ -25,6 +20,11 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per epoch")
     parser.add_argument("overrides", nargs="*", help="more key=value settings for the training config")
     args = parser.parse_args()
+    from hydra import compose, initialize_config_dir  # after parsing: an argument error is immediate
+
+    from sam3d_med.rehearsal import pretrain_rehearsal
+    from sam3d_med.runtime import keep_freed_memory_for_reuse
+
     keep_freed_memory_for_reuse()
     work = Path(args.work).resolve()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):

@@ -176,6 +176,8 @@ def cmd_eval(args) -> int:
                           save_viz=args.save_viz, input_slice_constraint=not args.no_slice_constraint)
     document = evaluate(args.checkpoint, args.data_root, args.output_dir, options, device=str(device))
     print(summary_table(document))
+    for warning in document["warnings"]:  # again after the table: it changes how the table reads
+        print(f"WARNING: {warning}", file=sys.stderr)
     print(f"metrics: {args.output_dir}/metrics.json, {args.output_dir}/metrics.csv"
           + (f"; figures and surfaces: {args.output_dir}/visualizations (report: sam3d-med report {args.output_dir})"
              if args.save_viz else ""))

@@ -50,6 +50,7 @@ def test_evaluation_writes_metrics_and_resumes(trained, tmp_path):
     assert {"mean", "std", "median", "count", "nan", "inf"} <= set(saved["summary"]["extrude"]["overall"]["dice"])
     assert saved["summary"]["extrude"]["overall"]["dice"]["mean"] > 0.3  # the baseline is sensible
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("case_id,class_id,class_name,axis")
+    assert saved["warnings"] == []  # new cases: no overlap with the training cache
     stamp = (out / "cases" / "s0201.json").stat().st_mtime_ns
     again = evaluate(trained / "ckpt" / "best.pt", trained / "test_cache", out, options, log=lambda m: None)
     assert (out / "cases" / "s0201.json").stat().st_mtime_ns == stamp and len(again["records"]) == len(records)
@@ -95,3 +96,24 @@ def test_the_table_shows_inf_counts_never_nan_mm():
     document = {"summary": {m: {"overall": stats, "per_class": {"left atrium": stats}} for m in METHODS}}
     table = summary_table(document)
     assert "nan" not in table and table.count("inf (3 of 3)") == 2 * len(METHODS)
+
+
+def test_evaluating_on_training_cases_warns_loudly(trained, cache_dir, tmp_path):
+    """Matched by content, not id: the phantom generator reuses ids (s0001...) for other cases."""
+    from sam3d_med.eval.runner import leakage_warning
+
+    train_manifest, test_manifest = load_manifest(cache_dir), load_manifest(trained / "test_cache")
+    assert leakage_warning(test_manifest, train_manifest) is None
+    renamed = {**train_manifest, "cases": [{**c, "case_id": f"x{i}"} for i, c in enumerate(train_manifest["cases"])]}
+    warning = leakage_warning(renamed, train_manifest)
+    assert warning.startswith(f"{len(train_manifest['cases'])} of {len(train_manifest['cases'])} test cases are cases "
+                              f"of the training cache (x0, x1") and "memorisation" in warning
+    same_ids = {**test_manifest, "cases": [{**c, "case_id": f"s{i + 1:04d}"} for i, c in enumerate(test_manifest["cases"])]}
+    assert leakage_warning(same_ids, train_manifest) is None
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "eval_medical.py"), "--checkpoint",
+                           str(trained / "ckpt" / "best.pt"), "--data_root", str(cache_dir), "--output_dir",
+                           str(tmp_path / "out"), "--steps", "1", "--max_cases", "1", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("WARNING: 3 of 3 test cases are cases of the training cache") == 2
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["warnings"][0].startswith("3 of 3")

@@ -157,3 +157,19 @@ def test_pipeline_script_translates_options_and_passes_overrides(cache_dir, tmp_
     payload = read_training_checkpoint(tmp_path / "ckpt" / "last.pt")
     assert payload["config"]["lora"]["rank"] == 2 and payload["config"]["training"]["batch_size"] == 2
     assert (tmp_path / "run" / "train.log").is_file()
+
+
+def test_without_validation_cases_best_pt_is_chosen_by_training_loss_and_says_so(quick_config, tmp_path, caplog):
+    """One case (or val_fraction 0) leaves nothing to validate on: said at the start, best.pt by the
+    lowest training loss, the choice in the log and the checkpoint (was: 'best validation Dice -1')."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="sam3d_med")
+    summary = train(quick_config("training.epochs=3", "data.val_fraction=0"), tmp_path / "run")
+    assert summary["best_by"] == "train_loss"
+    assert "no validation" in caplog.text and "lowest training loss" in caplog.text
+    best = read_training_checkpoint(tmp_path / "ckpt" / "best.pt")
+    losses = {h["epoch"]: h["train_loss"] for h in summary["history"] if h["epoch"] > 0}
+    assert len(losses) == 3 and summary["best_train_loss"] == min(losses.values())
+    assert best["best_by"] == "train_loss" and best["best_train_loss"] == min(losses.values())
+    assert losses[best["epoch"]] == min(losses.values())

@@ -27,7 +27,6 @@ pixel's mask value and 3-D point still come from the same source pixel.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from ..errors import InputError
 from ..io.npz import read_npz
 from .geometry import take_slice
 from .object_frame import DEFAULT_CUBE_MARGIN, ObjectCube, cube_sdf_mm, normalisation_of_slice, object_cube
-from .preprocess import MANIFEST_NAME, PREPROCESS_VERSION
+from .preprocess import load_manifest  # noqa: F401 (imported from here by callers)
 
 BOX_FACTOR = 1.2
 FRAMES = ("object", "volume")
@@ -49,27 +48,6 @@ FRAMES = ("object", "volume")
 # drawn afresh among those where the class has at least min_pixels (any cached axis), seeded by
 # (seed, epoch, index); "slices", every (slice, class) sample of the cache (exhaustive).
 EPOCH_MODES = ("pairs", "slices")
-
-
-def load_manifest(cache_dir: str | Path) -> dict:
-    """The cache's manifest, checked: folder present, manifest present, same version, not empty."""
-    cache_dir = Path(cache_dir)
-    if not cache_dir.is_dir():
-        raise InputError(f"{cache_dir}: cache folder does not exist (run scripts/reprocess_ts_nifti.py first)")
-    path = cache_dir / MANIFEST_NAME
-    if not path.is_file():
-        raise InputError(f"{cache_dir}: no {MANIFEST_NAME}: not a preprocessed cache (run scripts/reprocess_ts_nifti.py)")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputError(f"{path}: unreadable manifest ({exc})") from None
-    version = manifest.get("preprocess_version")
-    if version != PREPROCESS_VERSION:
-        raise InputError(f"{cache_dir}: made by preprocessing version {version}, this sam3d-med reads version "
-                         f"{PREPROCESS_VERSION}: re-run scripts/reprocess_ts_nifti.py with --overwrite")
-    if not manifest.get("cases"):
-        raise InputError(f"{cache_dir}: the cache holds no cases")
-    return manifest
 
 
 def split_cases(case_ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:

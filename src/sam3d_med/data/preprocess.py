@@ -383,3 +383,35 @@ def parse_axes(text: str) -> tuple[int, ...]:
     if not axes or any(a not in (0, 1, 2) for a in axes):
         raise InputError(f"--axes must list array axes among 0,1,2 (got {text!r})")
     return axes
+
+
+def load_manifest(cache_dir: str | Path) -> dict:
+    """The cache's manifest, checked: folder present, manifest present, same version, not empty."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        raise InputError(f"{cache_dir}: cache folder does not exist (run scripts/reprocess_ts_nifti.py first)")
+    path = cache_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise InputError(f"{cache_dir}: no {MANIFEST_NAME}: not a preprocessed cache (run scripts/reprocess_ts_nifti.py)")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{path}: unreadable manifest ({exc})") from None
+    version = manifest.get("preprocess_version")
+    if version != PREPROCESS_VERSION:
+        raise InputError(f"{cache_dir}: made by preprocessing version {version}, this sam3d-med reads version "
+                         f"{PREPROCESS_VERSION}: re-run scripts/reprocess_ts_nifti.py with --overwrite")
+    if not manifest.get("cases"):
+        raise InputError(f"{cache_dir}: the cache holds no cases")
+    return manifest
+
+
+def case_fingerprint(case: dict) -> str:
+    """What identifies a case's content in a manifest, whatever its id or folder: its grid (shape,
+    affine to 1 um) and voxel count per class. Synthetic generators reuse ids (s0001...) for
+    different cases; the same labels on the same grid are the same case."""
+    import hashlib
+
+    content = {"shape": list(case["shape_ijk"]), "affine": [[round(float(v), 3) for v in row] for row in case["affine"]],
+               "classes": {str(k): int(v) for k, v in sorted(case["class_voxel_counts"].items())}}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from .. import __version__
 from ..data.dataset import SliceClassDataset, cached_case_volumes, load_manifest, split_cases
+from ..data.preprocess import case_fingerprint
 from ..data.geometry import bounding_box
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_json, atomic_write_text
@@ -173,6 +174,9 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
         raise InputError(f"{data_root}: classes {names} differ from the training classes {train_manifest['class_names']}")
     train_ids, _ = split_cases([c["case_id"] for c in train_manifest["cases"]], float(cfg["data"]["val_fraction"]),
                                int(cfg["seed"]))
+    warnings = [w for w in [leakage_warning(manifest, train_manifest)] if w]
+    for warning in warnings:
+        log(f"WARNING: {warning}")
     classes = sorted(int(k) for k in names)
     priors = TrainingPriors(train_cache, train_manifest, train_ids, classes)
     log(f"baselines from {priors.n_cases} training cases in {train_cache}")
@@ -235,7 +239,7 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
             _case_visuals(data_root, case, viz_dir, viz_axis, viz_logits, viz_slices, names, case_records)
         atomic_write_json(cases_dir / f"{case['case_id']}.json", {"protocol_id": protocol["id"], "records": case_records})
         records += case_records
-    return write_reports(records, output_dir, protocol, names, options)
+    return write_reports(records, output_dir, protocol, names, options, warnings)
 
 
 def _case_visuals(data_root: Path, case: dict, viz_dir: Path, axis: int, logits: dict, slices: dict, names: dict,
@@ -279,7 +283,20 @@ def json_safe(obj):
     return obj
 
 
-def write_reports(records: list[dict], output_dir: Path, protocol: dict, names: dict, options: EvalOptions) -> dict:
+def leakage_warning(test_manifest: dict, train_manifest: dict) -> str | None:
+    """A warning when test cases are cases of the training cache (trained on, or used to choose
+    best.pt), matched by content (``case_fingerprint``), not by id; None otherwise."""
+    seen = {case_fingerprint(c): c["case_id"] for c in train_manifest["cases"]}
+    overlap = [c["case_id"] for c in test_manifest["cases"] if case_fingerprint(c) in seen]
+    if not overlap:
+        return None
+    return (f"{len(overlap)} of {len(test_manifest['cases'])} test cases are cases of the training cache "
+            f"({', '.join(overlap[:5])}{', ...' if len(overlap) > 5 else ''}): the model and the mean_shape "
+            f"baseline have seen them, so these scores measure memorisation, not generalisation")
+
+
+def write_reports(records: list[dict], output_dir: Path, protocol: dict, names: dict, options: EvalOptions,
+                  warnings: list[str] | None = None) -> dict:
     metric_names = ["dice", "hd95_mm", "chamfer_mm"] + [f"nsd_{t:g}mm" for t in options.nsd_tolerances_mm]
     summary = {}
     for method in METHODS:
@@ -290,7 +307,7 @@ def write_reports(records: list[dict], output_dir: Path, protocol: dict, names: 
     document = {"protocol": protocol, "versions": {"sam3d_med": __version__, "torch": torch.__version__,
                                                    "monai (reference for the metrics' tests)": _installed("monai")},
                 "empty_mask_convention": "both empty: NaN; one empty: dice/nsd 0, hd95/chamfer inf; summaries over finite values",
-                "summary": summary, "records": records}
+                "warnings": list(warnings or []), "summary": summary, "records": records}
     atomic_write_json(output_dir / "metrics.json", json_safe(document))
     buffer = io.StringIO()
     fields = ["case_id", "class_id", "class_name", "axis", "slice_idx", "method"] + metric_names

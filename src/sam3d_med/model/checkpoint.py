@@ -31,11 +31,11 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .release_files import FILES  # noqa: F401 (imported from here by callers)
 from .sam3d import SparseStructureModel
 
 GENERATOR_PREFIX = "_base_models.generator.reverse_fn.backbone."
 CONDITION_PREFIX = "_base_models.condition_embedder."
-FILES = {"generator": "ss_generator.ckpt", "decoder": "ss_decoder.ckpt", "encoder": "ss_encoder.safetensors"}
 log = logging.getLogger("sam3d_med.model")
 
 

@@ -15,10 +15,13 @@ log = logging.getLogger("sam3d_med.train")
 def run_training_job(cfg: DictConfig) -> int:
     from hydra.core.hydra_config import HydraConfig
 
-    from .trainer import train
+    from .config_check import check_training_config
 
     run_dir = HydraConfig.get().runtime.output_dir
     try:
+        check_training_config(cfg)  # before torch loads: a wrong value is one line within a second
+        from .trainer import train
+
         summary = train(cfg, run_dir)
     except Sam3dMedError as exc:
         log.error("%s", exc)
@@ -29,7 +32,9 @@ def run_training_job(cfg: DictConfig) -> int:
               f"{summary['checkpoint_dir']}/last.pt; continue with training.resume={summary['checkpoint_dir']}/last.pt")
         return 128 + int(summary["signal"]) if summary["signal"] else 0
     before, best = summary["untrained_dice"], summary["best_dice"]
-    print(f"training finished: best validation Dice {best:.4f}"
+    chosen = (f"best validation Dice {best:.4f}" if summary.get("best_by", "val_dice") == "val_dice" else
+              f"no validation cases, best.pt has the lowest training loss ({summary['best_train_loss']:.4f})")
+    print(f"training finished: {chosen}"
           + (f" (untrained model: {before:.4f})" if before is not None else "")
           + f"; checkpoints in {summary['checkpoint_dir']}; log and curves in {summary['run_dir']}")
     return 0

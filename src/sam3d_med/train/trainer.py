@@ -34,6 +34,7 @@ from ..io.atomic import atomic_path
 from ..model.checkpoint import FILES, build_from_folder
 from ..model.lora import LoraSettings, apply_lora, trainable_parameters
 from ..model.placement import grid_points_of_affines, reconstruct_on_grid
+from ..model.release_files import require_weights_folder
 from ..model.sam3d import SparseStructureModel
 from ..runtime import keep_freed_memory_for_reuse
 from .latent_targets import InversionSettings, ensure_latent_targets, round_trip_summary
@@ -101,10 +102,7 @@ def build_model(cfg: DictConfig) -> tuple[SparseStructureModel, dict]:
     """The model and the identity of its base weights."""
     preset = cfg.model.preset
     if cfg.model.get("checkpoint_dir"):
-        folder = Path(cfg.model.checkpoint_dir)
-        if not (folder / FILES["generator"]).is_file():
-            raise InputError(f"{folder}: no official weights ({FILES['generator']} missing): run "
-                             f"scripts/download_hf_checkpoints.py --out {folder}, or train the CPU model with model=tiny")
+        folder = require_weights_folder(cfg.model.checkpoint_dir)
         model = build_from_folder(folder, preset=preset, log=log.info)
         identity = {"kind": "official", "files": {name: _file_fingerprint(folder / name) if (folder / name).is_file()
                                                   else "absent" for name in FILES.values()}}
@@ -470,6 +468,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                                 **geometry)
     if len(train_set) == 0:
         raise InputError(f"{cfg.data.slice_cache_dir}: no training samples (cases {train_ids})")
+    # best.pt is chosen by what exists: validation Dice, or without validation cases the training loss
+    best_by = "val_dice" if len(val_set) else "train_loss"
+    if best_by == "train_loss":
+        log.warning("no validation: %d case(s) in the cache with data.val_fraction=%s leave none to hold out; "
+                    "best.pt will be the epoch with the lowest training loss (nothing measures generalisation)",
+                    len(train_ids), cfg.data.val_fraction)
     log.info("data: %d train cases (%d (case, class) pairs, %d (slice, class) samples), %d validation cases (%d "
              "pairs); crop %s; an epoch is %s", len(train_ids), len(train_set.pairs), len(train_set.samples),
              len(val_ids), len(val_set.pairs), list(crop),
@@ -509,7 +513,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     ckpt_dir = Path(cfg.training.checkpoint_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     history: list[dict] = []
-    start_epoch, skip_batches, step, best_dice = 1, 0, 0, -1.0
+    start_epoch, skip_batches, step, best_dice, best_loss = 1, 0, 0, -1.0, float("inf")
     if cfg.training.get("resume"):
         payload = read_training_checkpoint(cfg.training.resume)
         if payload["model_config"] != model.cfg.to_dict():
@@ -524,6 +528,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         scaler.load_state_dict(payload["scaler"])
         restore_rng(payload["rng"])
         step, best_dice, history = payload["step"], payload["best_dice"], payload["history"]
+        best_loss = payload.get("best_train_loss", float("inf"))
         if payload["batches_done"]:
             start_epoch, skip_batches = payload["epoch"], payload["batches_done"]
         else:
@@ -541,7 +546,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         return {"format": CHECKPOINT_FORMAT, "trained_state": trained_state(model, cfg),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "epoch": epoch, "batches_done": batches_done, "step": step,
-                "best_dice": best_dice, "rng": rng_states(), "config": resolved, "model_config": model.cfg.to_dict(),
+                "best_dice": best_dice, "best_train_loss": best_loss, "best_by": best_by, "rng": rng_states(),
+                "config": resolved, "model_config": model.cfg.to_dict(),
                 "base_identity": identity, "history": history}
 
     status = "completed"
@@ -619,10 +625,16 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 for key, value in record.items():
                     if key != "epoch":
                         writer.add_scalar(f"epoch/{key}", value, epoch)
-                dice_now = record.get("val_dice", float("nan"))
-                improved = np.isfinite(dice_now) and dice_now > best_dice
+                if best_by == "val_dice":
+                    dice_now = record.get("val_dice", float("nan"))
+                    improved = np.isfinite(dice_now) and dice_now > best_dice
+                    best_dice = dice_now if improved else best_dice
+                else:
+                    improved = np.isfinite(record["train_loss"]) and record["train_loss"] < best_loss
+                    best_loss = record["train_loss"] if improved else best_loss
                 if improved:
-                    best_dice = dice_now
+                    log.info("best.pt: epoch %d (%s %.4f)", epoch, best_by,
+                             best_dice if best_by == "val_dice" else best_loss)
                 payload = payload_for(epoch, 0)
                 save_training_checkpoint(ckpt_dir / "last.pt", payload)
                 if epoch % int(cfg.training.save_every) == 0 or epoch == epochs:
@@ -636,5 +648,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     ranks.close()
     untrained = history[0].get("val_dice") if history and history[0]["epoch"] == 0 else None
     return {"status": status, "signal": stop.signal, "history": history, "best_dice": best_dice,
+            "best_by": best_by, "best_train_loss": best_loss,
             "untrained_dice": untrained, "checkpoint_dir": str(ckpt_dir), "run_dir": str(run_dir)}
 
