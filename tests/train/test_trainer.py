@@ -77,8 +77,12 @@ def test_resume_refuses_other_base_weights_or_sizes(quick_config, tmp_path):
         train(cfg, tmp_path / "r3")
     (tmp_path / "junk.pt").write_bytes(b"junk")
     cfg.training.resume = str(tmp_path / "junk.pt")
-    with pytest.raises(InputError, match="unreadable checkpoint"):
+    with pytest.raises(InputError, match="unreadable checkpoint: the file is truncated or damaged"):
         train(cfg, tmp_path / "r4")
+    (tmp_path / "cut.pt").write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # an interrupted copy
+    cfg.training.resume = str(tmp_path / "cut.pt")
+    with pytest.raises(InputError, match=r"cut.pt: unreadable checkpoint: the file is truncated .* use last.pt"):
+        train(cfg, tmp_path / "r5")
 
 
 def test_lora_on_tiny_trains_only_adapters(quick_config, tmp_path):

@@ -19,6 +19,8 @@ def run_training_job(cfg: DictConfig) -> int:
 
     run_dir = HydraConfig.get().runtime.output_dir
     try:
+        if cfg.training.get("resume"):  # the checkpoint's settings first, then the checks of what results
+            cfg = _resume_config(cfg)
         check_training_config(cfg)  # before torch loads: a wrong value is one line within a second
         from .trainer import train
 
@@ -38,3 +40,18 @@ def run_training_job(cfg: DictConfig) -> int:
           + (f" (untrained model: {before:.4f})" if before is not None else "")
           + f"; checkpoints in {summary['checkpoint_dir']}; log and curves in {summary['run_dir']}")
     return 0
+
+
+def _resume_config(cfg: DictConfig) -> DictConfig:
+    from hydra.core.hydra_config import HydraConfig
+
+    from .resume_config import config_for_resume, explicit_keys
+    from .trainer import read_training_checkpoint
+
+    hydra_cfg = HydraConfig.get()
+    config_dir = next(source.path for source in hydra_cfg.runtime.config_sources if source.provider == "main")
+    stored = read_training_checkpoint(cfg.training.resume)["config"]
+    cfg, given = config_for_resume(cfg, stored, explicit_keys(list(hydra_cfg.overrides.task), config_dir))
+    log.info("resuming with the checkpoint's settings%s",
+             f"; from the command line: {', '.join(given)}" if given else " (nothing else given)")
+    return cfg

@@ -225,7 +225,13 @@ def read_training_checkpoint(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise InputError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
+        import zipfile
+
+        what = ("the file is truncated or damaged (not a complete PyTorch archive; an interrupted copy?)"
+                if not zipfile.is_zipfile(path) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"
+                if str(exc).strip() else type(exc).__name__)
+        raise InputError(f"{path}: unreadable checkpoint: {what}; copy it again, or use last.pt or an epoch_N.pt "
+                         f"beside it") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path}: not a sam3d-med training checkpoint")
     return payload
