@@ -98,3 +98,18 @@ def test_an_empty_prediction_writes_the_niftis_warns_and_succeeds(tmp_path, monk
         assert (tmp_path / "pred.nii.gz").is_file() and (tmp_path / "prob.nii.gz").is_file()
         assert ("no mesh written" in written["warning"]) == (mesh is not None) and "mesh" not in written
     assert not (tmp_path / "pred.obj").exists()
+
+
+def test_a_class_absent_from_the_labels_or_the_slice_is_named(tmp_path):
+    from sam3d_med.errors import InputError
+    from sam3d_med.eval.predict import predict_volume
+    from sam3d_med.model.config import get_preset
+    from sam3d_med.model.sam3d import SparseStructureModel
+
+    files = fine_oblique_case(tmp_path)
+    model = SparseStructureModel(get_preset("tiny"))
+    with pytest.raises(InputError, match=r"--class 9 does not occur in .*label.nii.gz \(its label values: 1, 2, 3, 4, 5\)"):
+        predict_volume(model, files["image"], 2, 40, tmp_path / "p.nii.gz", label_path=files["label"], class_id=9)
+    with pytest.raises(InputError, match=r"--class 2 is not on slice 0 along axis 2: it occurs on slices \d+\.\.\d+ "
+                                         r"along that axis \(largest: \d+\)"):
+        predict_volume(model, files["image"], 2, 0, tmp_path / "p.nii.gz", label_path=files["label"], class_id=2)

@@ -61,3 +61,40 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     (tmp_path / "junk.nii.gz").write_bytes(b"not a nifti file at all")
     with pytest.raises(InputError, match="cannot read"):
         load_volume(tmp_path / "junk.nii.gz")
+
+
+def test_grid_mismatch_says_what_differs_in_mm_and_what_to_do(tmp_path):
+    from sam3d_med.io.nifti import grid_mismatch
+
+    affine = orientation_affine("LAS", 3.0, (64, 64, 64), np.array([10.0, -20.0, 30.0]))
+    save_volume(tmp_path / "image.nii.gz", np.zeros((64, 64, 64), np.int16), affine)
+    shifted = affine.copy()
+    shifted[:3, 3] += [3.0, 0.0, -1.5]
+    save_volume(tmp_path / "label.nii.gz", np.zeros((64, 64, 64), np.uint8), shifted)
+    image, label = load_volume(tmp_path / "image.nii.gz"), load_volume(tmp_path / "label.nii.gz")
+    assert grid_mismatch(image, image) is None
+    message = grid_mismatch(label, image)
+    assert "origin shifted by [3.0, 0.0, -1.5] mm" in message and "resample it onto the image" in message
+    assert "shape" not in message and "axes" not in message
+    finer = affine @ np.diag([0.5, 0.5, 0.5, 1.0])
+    save_volume(tmp_path / "fine.nii.gz", np.zeros((128, 128, 128), np.uint8), finer)
+    message = grid_mismatch(load_volume(tmp_path / "fine.nii.gz"), image)
+    assert "shape (128, 128, 128) vs (64, 64, 64)" in message and "voxel size [1.5, 1.5, 1.5] vs [3.0, 3.0, 3.0] mm" in message
+
+
+def test_class_name_file_format_errors_show_the_format(tmp_path):
+    import json
+
+    from sam3d_med.data.classes import read_class_names
+
+    path = tmp_path / "classes.json"
+    path.write_text(json.dumps({"class_names": {"1": "a", "2": "b"}}))
+    assert read_class_names(tmp_path) == {1: "a", 2: "b"}
+    for content, got in ((["a", "b"], "got a list"), ({"class_names": ["a", "b"]}, "got a list"),
+                         ({"names": {}}, 'got no "class_names"')):
+        path.write_text(json.dumps(content))
+        with pytest.raises(InputError, match=f'must map label values to names: {{"class_names": {{"1": .*{got}'):
+            read_class_names(tmp_path)
+    path.write_text(json.dumps({"class_names": {"0": "background", "1": "a"}}))
+    with pytest.raises(InputError, match="label values start at 1"):
+        read_class_names(tmp_path)

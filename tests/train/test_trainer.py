@@ -79,6 +79,17 @@ def test_resume_refuses_other_base_weights_or_sizes(quick_config, tmp_path):
     cfg.training.resume = str(tmp_path / "junk.pt")
     with pytest.raises(InputError, match="unreadable checkpoint: the file is truncated or damaged"):
         train(cfg, tmp_path / "r4")
+    cfg.training.resume = str(last)  # a full-weight run resumed as a LoRA run, and a LoRA run at another rank
+    for overrides, message in ((["lora.enabled=true", "training.train_base=false"], "holds fully trained weights"),):
+        with pytest.raises(ConfigError, match=message):
+            train(quick_config("training.epochs=2", f"training.resume={last}", *overrides), tmp_path / "r6")
+    lora = ["lora.enabled=true", "training.train_base=false", f"training.checkpoint_dir={tmp_path / 'lora'}"]
+    train(quick_config("training.epochs=1", "lora.rank=4", *lora), tmp_path / "r7")
+    with pytest.raises(ConfigError, match=r"weights have other shapes .*: the LoRA rank \(lora.rank\) differs"):
+        train(quick_config("training.epochs=2", "lora.rank=2", *lora, f"training.resume={tmp_path / 'lora' / 'last.pt'}"),
+              tmp_path / "r8")
+    with pytest.raises(ConfigError, match="holds LoRA adapters"):
+        train(quick_config("training.epochs=2", f"training.resume={tmp_path / 'lora' / 'last.pt'}"), tmp_path / "r9")
     (tmp_path / "cut.pt").write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # an interrupted copy
     cfg.training.resume = str(tmp_path / "cut.pt")
     with pytest.raises(InputError, match=r"cut.pt: unreadable checkpoint: the file is truncated .* use last.pt"):

@@ -8,6 +8,8 @@ from pathlib import Path
 from ..errors import InputError
 
 CLASSES_FILE = "classes.json"
+CLASSES_FORMAT = ('classes.json must map label values to names: {"class_names": {"1": "left_atrium", '
+                  '"2": "left_ventricle"}} (label values from 1; 0 is the background)')
 
 # TotalSegmentator heart-crop label values 1..5 (0 is background).
 DEFAULT_CLASS_NAMES: dict[int, str] = {
@@ -26,9 +28,20 @@ def read_class_names(folder: str | Path) -> dict[int, str] | None:
         return None
     try:
         raw = json.loads(path.read_text())
-        return {int(k): str(v) for k, v in raw["class_names"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"{path}: not a valid class-name file ({exc})") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}); {CLASSES_FORMAT}") from None
+    names = raw.get("class_names") if isinstance(raw, dict) else None
+    if not isinstance(names, dict):
+        got = "a list" if isinstance(raw, list) or isinstance(names, list) else (
+            "no \"class_names\"" if names is None else type(names).__name__)
+        raise InputError(f"{path}: {CLASSES_FORMAT} (got {got})")
+    try:
+        parsed = {int(k): str(v) for k, v in names.items()}
+    except ValueError:
+        raise InputError(f"{path}: label values must be whole numbers; {CLASSES_FORMAT}") from None
+    if 0 in parsed or any(k < 0 for k in parsed):
+        raise InputError(f"{path}: label values start at 1 (0 is the background); {CLASSES_FORMAT}")
+    return parsed
 
 
 def class_names_document(names: dict[int, str]) -> dict:

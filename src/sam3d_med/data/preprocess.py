@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from ..io.npz import npy_bytes, npz_bytes
-from ..io.nifti import load_volume, voxel_spacing_mm
+from ..io.nifti import grid_mismatch, load_volume, voxel_spacing_mm
 from .classes import DEFAULT_CLASS_NAMES, find_class_names
 from .geometry import resample_isotropic, take_slice, world_grid
 from .surfaces import mask_surface_mesh, mesh_obj_text, signed_distance_mm
@@ -118,10 +118,9 @@ def _load_case(case_dir: Path, options: PreprocessOptions):
         raise InputError(f"{case_dir}: label file {case_dir.name}-label.nii.gz is missing")
     image = load_volume(image_path, "image")
     label = load_volume(label_path, "label")
-    if image.data.shape != label.data.shape or not np.allclose(image.affine, label.affine, atol=1e-3):
-        raise InputError(
-            f"{label_path}: label grid does not match the image grid "
-            f"(shape {label.data.shape} vs {image.data.shape}, axes {''.join(label.axcodes)} vs {''.join(image.axcodes)})")
+    mismatch = grid_mismatch(label, image)
+    if mismatch:
+        raise InputError(f"{label_path}: {mismatch}")
     values = np.unique(label.data)
     if not np.all(values == np.round(values)):
         raise InputError(f"{label_path}: label values must be integers")

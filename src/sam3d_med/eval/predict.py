@@ -37,7 +37,7 @@ from ..data.preprocess import window_ct
 from ..data.surfaces import mask_surface_mesh, mesh_obj_text, voxel_volume_mm3
 from ..errors import InputError
 from ..io.atomic import atomic_path, atomic_write_text
-from ..io.nifti import Volume, load_volume, save_volume
+from ..io.nifti import Volume, grid_mismatch, load_volume, save_volume
 from ..model.placement import grid_points_mm, impose_input_slice, reconstruct_on_grid
 
 
@@ -218,7 +218,17 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
         if class_id is None:
             raise InputError("--label needs --class (the label value to reconstruct)")
         label = load_matching_label(label_path, image)
-        mask_plane = take_slice(label.data, axis, slice_idx) == class_id
+        present = label.data == class_id
+        if not present.any():
+            values = [int(v) for v in np.unique(label.data) if v != 0]
+            raise InputError(f"--class {class_id} does not occur in {label_path} (its label values: "
+                             f"{', '.join(map(str, values)) or 'none, only background'})")
+        mask_plane = take_slice(present, axis, slice_idx)
+        if not mask_plane.any():
+            where = np.flatnonzero(present.any(axis=tuple(a for a in range(3) if a != axis)))
+            raise InputError(f"--class {class_id} is not on slice {slice_idx} along axis {axis}: it occurs on slices "
+                             f"{where.min()}..{where.max()} along that axis (largest: "
+                             f"{int(np.argmax(np.moveaxis(present, axis, 0).sum(axis=(1, 2))))})")
     elif mask_png is not None:
         mask_plane = read_mask_png(Path(mask_png), plane_shape)
     else:
@@ -258,6 +268,7 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
 def load_matching_label(label_path: str | Path, image: Volume) -> Volume:
     """A label volume that must lie on the image's stored grid (same shape and affine)."""
     label = load_volume(label_path, "label", canonical=False)
-    if label.data.shape != image.data.shape or not np.allclose(label.affine, image.affine, atol=1e-3):
-        raise InputError(f"{label_path}: label grid does not match the image grid")
+    mismatch = grid_mismatch(label, image)
+    if mismatch:
+        raise InputError(f"{label_path}: {mismatch}")
     return label

@@ -44,6 +44,29 @@ def voxel_spacing_mm(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
 
 
+def grid_mismatch(label: Volume, image: Volume, atol_mm: float = 1e-3) -> str | None:
+    """None when ``label`` lies on ``image``'s voxel grid; else what differs, in words and mm, and
+    what to do (a label must be voxel-for-voxel on its image's grid)."""
+    differences = []
+    if label.data.shape != image.data.shape:
+        differences.append(f"shape {label.data.shape} vs {image.data.shape}")
+    spacing_l, spacing_i = voxel_spacing_mm(label.affine), voxel_spacing_mm(image.affine)
+    if not np.allclose(spacing_l, spacing_i, atol=atol_mm):
+        differences.append(f"voxel size {np.round(spacing_l, 3).tolist()} vs {np.round(spacing_i, 3).tolist()} mm")
+    directions_l, directions_i = label.affine[:3, :3] / spacing_l, image.affine[:3, :3] / spacing_i
+    if not np.allclose(directions_l, directions_i, atol=1e-4):
+        differences.append(f"axes {''.join(label.axcodes)} vs {''.join(image.axcodes)}" if label.axcodes != image.axcodes
+                           else "axis directions (an oblique rotation)")
+    offset = label.affine[:3, 3] - image.affine[:3, 3]
+    if not np.allclose(offset, 0, atol=atol_mm):
+        differences.append(f"origin shifted by {np.round(offset, 2).tolist()} mm")
+    if not differences:
+        return None
+    return ("label grid does not match the image grid (" + ", ".join(differences) + "): the label must be on the "
+            "image's voxel grid; resample it onto the image (e.g. in 3D Slicer: Resample Image (BRAINS), reference "
+            "= the image, nearest neighbour) or fix the header that is wrong")
+
+
 def load_volume(path: str | os.PathLike, what: str = "volume", canonical: bool = True) -> Volume:
     """Read a 3-D NIfTI file; optionally reorient it to RAS+ canonical voxel order.
 

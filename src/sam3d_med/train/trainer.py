@@ -194,7 +194,26 @@ def trained_state(model: SparseStructureModel, cfg: DictConfig) -> dict[str, tor
 
 
 def load_trained_state(model: SparseStructureModel, state: dict[str, torch.Tensor], path) -> None:
-    result = model.load_state_dict(state, strict=False)
+    """Load a checkpoint's trained weights; a checkpoint of another kind of run is one line saying
+    which and what to do (never PyTorch's key-by-key dump)."""
+    adapters_in_model = any("lora_" in k for k in model.state_dict())
+    adapters_in_file = any("lora_" in k for k in state)
+    if adapters_in_file and not adapters_in_model:
+        raise ConfigError(f"{path}: holds LoRA adapters (trained with lora.enabled=true) and this run's model has "
+                          f"none: resume with lora.enabled=true training.train_base=false and the same lora.rank")
+    if adapters_in_model and not adapters_in_file:
+        raise ConfigError(f"{path}: holds fully trained weights (training.train_base=true, no LoRA) and this run adds "
+                          f"LoRA adapters: resume with training.train_base=true lora.enabled=false, or start a new "
+                          f"LoRA run from the base weights")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        mismatch = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        if not mismatch:
+            raise
+        what = "the LoRA rank (lora.rank)" if "lora_" in mismatch[0] else "the model sizes"
+        raise ConfigError(f"{path}: {len(mismatch)} weights have other shapes than in this run's model: {what} "
+                          f"differs (first: {mismatch[0][:200]})") from None
     if result.unexpected_keys:
         raise ConfigError(f"{path}: weights that this model does not have (first: {result.unexpected_keys[:3]})")
 
