@@ -250,3 +250,31 @@ def test_tutorial_command_end_to_end(tmp_path):
     missing = run_script(*cmd[:2], "no_such_dir", *cmd[3:], cwd=tmp_path)
     assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in missing.stderr
+
+
+def test_ctrl_c_stops_the_worker_pool_promptly_and_keeps_only_whole_cases(tmp_path):
+    """SIGINT to the process group (what Ctrl-C does) at the 2nd finished case of 16, 2 workers: the
+    queue is cancelled, the running cases finish, nothing partial is left (was: all 16 were done)."""
+    import signal
+    import time
+
+    write_phantom_dataset(tmp_path / "raw", 16, seed=5)
+    cmd = [sys.executable, str(REPO / "scripts" / "reprocess_ts_nifti.py"), "--original_nifti_dir", "raw", "--out",
+           "cache", "--classes", "5", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    records = tmp_path / "cache" / "case_records"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(records.glob("*.json")) if records.is_dir() else []) < 2:
+        time.sleep(0.05)
+    at_signal = len(list(records.glob("*.json")))
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr[-2000:]
+    done = {p.stem for p in records.glob("*.json")}
+    assert at_signal <= len(done) <= at_signal + 3  # the two running cases finish (+1: polling)
+    started = {p.name.split(".")[0] for p in (tmp_path / "cache").glob("s*.npz")}
+    assert started <= done  # every case with files is whole (its record is written last)
+    assert not list((tmp_path / "cache").rglob(f"*{TMP_MARKER}*"))
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and f"already done {len(done)}" in again.stdout

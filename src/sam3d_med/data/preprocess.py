@@ -28,7 +28,7 @@ import json
 import os
 import re
 import sys
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,6 +290,13 @@ class PreprocessSummary:
         return not self.failed
 
 
+def _ignore_interrupts() -> None:
+    """Preprocessing workers leave SIGINT to the parent (see ``run_preprocess``)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_preprocess(input_dir: str | Path, out_dir: str | Path, options: PreprocessOptions,
                    workers: int = 1, overwrite: bool = False, progress: bool = True,
                    log=lambda msg: print(msg, file=sys.stderr)) -> PreprocessSummary:
@@ -341,10 +348,29 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, options: Preproce
         for case_dir in todo:
             collect(_worker(str(case_dir), str(out_dir), options))
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-            futures = [pool.submit(_worker, str(c), str(out_dir), options) for c in todo]
-            for future in as_completed(futures):
-                collect(future.result())
+        # Ctrl-C reaches the whole process group. The workers ignore it (a worker's KeyboardInterrupt
+        # would only fail its current case and it would go on with the queue); the parent cancels
+        # every case not started, lets the running ones finish (a case is done when its record is
+        # written, last), and stops.
+        # Cases are handed out one per free worker (the executor would otherwise queue cases ahead,
+        # which can no longer be cancelled).
+        n_workers = min(workers, len(todo))
+        pool = ProcessPoolExecutor(max_workers=n_workers, initializer=_ignore_interrupts)
+        try:
+            queue, running = iter(todo), set()
+            while True:
+                while len(running) < n_workers and (case_dir := next(queue, None)) is not None:
+                    running.add(pool.submit(_worker, str(case_dir), str(out_dir), options))
+                if not running:
+                    break
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    collect(future.result())
+        except BaseException:
+            bar.close()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
     bar.close()
 
     manifest = {
