@@ -159,6 +159,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train_cache", default=None, help="training cache for the baselines (default: the checkpoint's)")
     p.add_argument("--max_cases", type=int, default=None)
+    p.add_argument("--nsd_definition", choices=["surface_area", "boundary_voxels"], default="surface_area",
+                   help="Surface Dice: surface_area (the reference definition, as published values) or "
+                        "boundary_voxels (MONAI's default count; nearly binary at 1 mm on 3 mm voxels)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--save_viz", action="store_true", help="per-case comparison figures and surfaces in visualizations/ (for the report)")
     p.add_argument("--no_slice_constraint", action="store_true",
@@ -173,7 +176,8 @@ def cmd_eval(args) -> int:
     device = resolve_device(args.device)
     options = EvalOptions(policy=args.policy, steps=args.steps, guidance=args.guidance, seed=args.seed,
                           batch_size=args.batch_size, train_cache=args.train_cache, max_cases=args.max_cases,
-                          save_viz=args.save_viz, input_slice_constraint=not args.no_slice_constraint)
+                          save_viz=args.save_viz, input_slice_constraint=not args.no_slice_constraint,
+                          nsd_definition=args.nsd_definition)
     document = evaluate(args.checkpoint, args.data_root, args.output_dir, options, device=str(device))
     print(summary_table(document))
     for warning in document["warnings"]:  # again after the table: it changes how the table reads

@@ -30,10 +30,12 @@ def test_equal_to_monai(seed, spacing):
         warnings.simplefilter("ignore")
         hd = compute_hausdorff_distance(one_hot(a), one_hot(b), include_background=False, percentile=95, spacing=list(spacing))
         dice = compute_dice(one_hot(a), one_hot(b), include_background=False)
+        voxels = segmentation_metrics(a, b, spacing, nsd_definition="boundary_voxels")
         for tol in (1.0, 3.0, 6.0):
-            nsd = compute_surface_dice(one_hot(a), one_hot(b), class_thresholds=[tol], include_background=False,
-                                       spacing=list(spacing))
-            assert ours[f"nsd_{tol:g}mm"] == pytest.approx(nsd.item(), abs=1e-6)
+            for subvoxels, values in ((True, ours), (False, voxels)):  # the reference definition; the voxel count
+                nsd = compute_surface_dice(one_hot(a), one_hot(b), class_thresholds=[tol], include_background=False,
+                                           spacing=list(spacing), use_subvoxels=subvoxels)
+                assert values[f"nsd_{tol:g}mm"] == pytest.approx(nsd.item(), abs=1e-5), (tol, subvoxels)
     assert ours["hd95_mm"] == pytest.approx(hd.item(), rel=1e-5)
     assert ours["dice"] == pytest.approx(dice.item(), abs=1e-6)
 
@@ -61,3 +63,28 @@ def test_empty_masks_and_summaries():
     assert missed["dice"] == 0 and missed["nsd_1mm"] == 0 and math.isinf(missed["hd95_mm"]) and math.isinf(missed["chamfer_mm"])
     s = summarize([1.0, 3.0, math.inf, math.nan])
     assert (s["mean"], s["median"], s["count"], s["finite"], s["nan"], s["inf"]) == (2.0, 2.0, 4, 2, 1, 1)
+
+
+def test_surface_element_areas_equal_the_reference_table():
+    from monai.metrics.utils import create_table_neighbour_code_to_surface_area
+
+    from sam3d_med.eval.metrics import surface_area_of_neighbourhood_codes
+
+    for spacing in ((3.0, 3.0, 3.0), (1.0, 2.0, 0.7)):
+        reference = create_table_neighbour_code_to_surface_area(spacing)
+        reference = np.asarray(reference[0] if isinstance(reference, tuple) else reference, dtype=float)
+        assert np.allclose(surface_area_of_neighbourhood_codes(spacing), reference, rtol=1e-6, atol=1e-6)  # float32 there
+
+
+def test_a_one_voxel_erosion_at_3mm_is_not_zero_at_1mm_by_the_reference_definition():
+    """The issue's observation: on 3 mm voxels a one-voxel erosion scores NSD@1mm 0 by boundary-voxel
+    count, while by surface area the parts of the surface within 1 mm still count."""
+    from scipy import ndimage
+
+    truth = ellipsoid_mask((40, 40, 40), centre=(20, 19, 21), semi_axes=(12, 9, 15))
+    eroded = ndimage.binary_erosion(truth)
+    by_area = segmentation_metrics(eroded, truth, (3.0, 3.0, 3.0))["nsd_1mm"]
+    by_voxels = segmentation_metrics(eroded, truth, (3.0, 3.0, 3.0), nsd_definition="boundary_voxels")["nsd_1mm"]
+    assert by_voxels == 0.0 and 0.1 < by_area < 0.9
+    with pytest.raises(ValueError, match="nsd_definition"):
+        segmentation_metrics(eroded, truth, (3.0, 3.0, 3.0), nsd_definition="voxels")

@@ -46,7 +46,14 @@ from ..io.atomic import atomic_write_json, atomic_write_text
 from ..model.placement import grid_points_mm, impose_input_slice, reconstruct_on_grid
 from ..train.losses import CONDITION_KEYS
 from ..train.trainer import load_model_from_checkpoint, sampler_settings
-from .metrics import DEFAULT_NSD_TOLERANCES_MM, segmentation_metrics, summarize
+from .metrics import DEFAULT_NSD_TOLERANCES_MM, NSD_DEFINITIONS, segmentation_metrics, summarize
+
+NSD_DESCRIPTIONS = {
+    "surface_area": "surface_area: surface elements weighted by area, the reference definition (Nikolov et al.; "
+                    "MONAI compute_surface_dice use_subvoxels=True)",
+    "boundary_voxels": "boundary_voxels: boundary voxels counted (MONAI compute_surface_dice default)",
+}
+assert set(NSD_DESCRIPTIONS) == set(NSD_DEFINITIONS)
 
 METHODS = ("model", "mean_shape", "extrude")
 POLICIES = ("max_area", "center")
@@ -71,6 +78,7 @@ class EvalOptions:
     seed: int = 0
     batch_size: int = 8
     nsd_tolerances_mm: tuple[float, ...] = DEFAULT_NSD_TOLERANCES_MM
+    nsd_definition: str = "surface_area"  # the reference definition; "boundary_voxels": MONAI's default count
     train_cache: str | None = None  # default: the training cache named in the checkpoint
     max_cases: int | None = None
     save_viz: bool = False  # per-case comparison grid + surfaces in visualizations/ (the report shows them)
@@ -135,6 +143,7 @@ def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: str) -> dic
     doc = {"policy": options.policy, "threshold": "logit > 0 (p > 0.5)", "sampler": dataclasses.asdict(sampler),
            "target_frame": frame, "input_slice_constraint": options.input_slice_constraint,
            "seed": options.seed, "nsd_tolerances_mm": list(options.nsd_tolerances_mm),
+           "nsd_definition": NSD_DESCRIPTIONS[options.nsd_definition],
            "checkpoint": str(checkpoint), "baselines": ["mean_shape", "extrude"]}
     doc["id"] = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return doc
@@ -234,7 +243,8 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                 for method, pred in predictions.items():
                     case_records.append({"case_id": case["case_id"], "class_id": cls, "class_name": names[str(cls)],
                                          "axis": entry["axis"], "slice_idx": entry["slice_idx"], "method": method,
-                                         **segmentation_metrics(pred, truth, spacing, options.nsd_tolerances_mm)})
+                                         **segmentation_metrics(pred, truth, spacing, options.nsd_tolerances_mm,
+                                                              options.nsd_definition)})
         if options.save_viz:
             _case_visuals(data_root, case, viz_dir, viz_axis, viz_logits, viz_slices, names, case_records)
         atomic_write_json(cases_dir / f"{case['case_id']}.json", {"protocol_id": protocol["id"], "records": case_records})
