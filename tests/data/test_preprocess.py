@@ -278,3 +278,25 @@ def test_ctrl_c_stops_the_worker_pool_promptly_and_keeps_only_whole_cases(tmp_pa
     assert not list((tmp_path / "cache").rglob(f"*{TMP_MARKER}*"))
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and f"already done {len(done)}" in again.stdout
+
+
+def test_warnings_for_non_ct_intensities_and_a_class_that_never_occurs(tmp_path, capsys):
+    write_phantom_dataset(tmp_path / "raw", 2, seed=4)
+    for case in ("s0001", "s0002"):
+        label_path = tmp_path / "raw" / case / f"{case}-label.nii.gz"
+        label = nib.load(label_path)
+        data = np.asarray(label.dataobj)
+        data[data == 4] = 0  # no right ventricle anywhere
+        save_volume(label_path, data, label.affine, dtype=np.uint8)
+    image_path = tmp_path / "raw" / "s0002" / "s0002-image.nii.gz"
+    image = nib.load(image_path)
+    hu = np.asarray(image.dataobj).astype(np.float32)
+    save_volume(image_path, (hu - hu.min()) / (hu.max() - hu.min()), image.affine, dtype=np.float32)  # normalised
+    messages = []
+    summary = run_preprocess(tmp_path / "raw", tmp_path / "cache", PreprocessOptions(axes=(2,)), progress=False,
+                             log=messages.append)
+    assert summary.ok
+    stderr = capsys.readouterr().err
+    assert stderr.count("intensities do not look like CT in Hounsfield units") == 1 and "s0002-image" in stderr
+    assert any(m == "warning: class 4 (right_ventricle) occurs in none of the 2 cases: check --classes and the "
+                    "label values" for m in messages)

@@ -133,6 +133,25 @@ def _load_case(case_dir: Path, options: PreprocessOptions):
     return image_hu, label_data, affine, image_path, label_path
 
 
+def hounsfield_check(image: np.ndarray) -> str | None:
+    """None when the intensities look like CT in Hounsfield units; else what is odd about them.
+
+    The three CT windows (the model's image channels) assume HU. A CT of the chest holds air or lung
+    (about -1000 to -500 HU) and soft tissue or blood (0 to 100 HU); MR, PET or an image normalised to
+    [0, 1] or z-scores does not."""
+    low, high = (float(v) for v in np.percentile(image, [1, 99]))
+    if high - low < 200:
+        problem = f"a range of only {high - low:.3g}"
+    elif low > -300:
+        problem = "no air or lung (nothing below -300)"
+    elif low < -1100 or high > 4000:
+        problem = "values beyond CT's range"
+    else:
+        return None
+    return (f"intensities do not look like CT in Hounsfield units (1st..99th percentile {low:.4g}..{high:.4g}: "
+            f"{problem}); the CT windows assume HU, so other images are windowed wrongly")
+
+
 def _case_files(record: dict) -> list[str]:
     files = [record["sdf_path"]] + [s["file"] for s in record["slices"]]
     files += [m for m in record.get("meshes", {}).values() if m]
@@ -207,6 +226,9 @@ def process_case(case_dir: str | Path, out_dir: str | Path, options: PreprocessO
         "slices": [],
         "options": options.fingerprint(),
     }
+    intensity_warning = hounsfield_check(image_hu)
+    if intensity_warning:
+        record["warnings"] = [f"{image_path}: {intensity_warning}"]
     written: list[Path] = []
     writer = ThreadPoolExecutor(max_workers=1)
     try:
@@ -342,6 +364,8 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, options: Preproce
         else:
             records[name] = record
             summary.processed.append(name)
+            for warning in record.get("warnings", []):
+                bar.write(f"warning: {warning}", file=sys.stderr)
         bar.update(1)
 
     if workers <= 1 or len(todo) <= 1:
@@ -385,6 +409,10 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, options: Preproce
         "failed_cases": summary.failed,
         "cases": [records[c.name] for c in case_dirs if c.name in records],
     }
+    for cls, name in sorted(options.class_names.items()):
+        if manifest["cases"] and not any(c["class_voxel_counts"].get(str(cls)) for c in manifest["cases"]):
+            log(f"warning: class {cls} ({name}) occurs in none of the {len(manifest['cases'])} cases: check --classes "
+                f"and the label values")
     summary.manifest_path = str(out_dir / MANIFEST_NAME)
     atomic_write_json(summary.manifest_path, manifest, indent=None)
     return summary
