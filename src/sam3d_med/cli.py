@@ -49,6 +49,9 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--axes", default="0,1,2", help="array axes (RAS+ canonical) to slice along, e.g. 0,1,2 or 2")
     p.add_argument("--extract_mesh", action="store_true", help="write a surface mesh per class (meshes/*.obj)")
     p.add_argument("--compress", action="store_true", help="deflate every array of the slice .npz files (smaller, slower; the pointmap always is)")
+    p.add_argument("--crop", type=int, default=None, metavar="N",
+                   help="whole scans: first cut an N^3 box of --spacing voxels around labels 1..classes, as "
+                        "'sam3d-med crop' does (64: the tutorial's crops)")
     p.add_argument("--workers", type=int, default=default_workers(), help="processes (cases run in parallel)")
     p.add_argument("--overwrite", action="store_true", help="redo cases that are already finished")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -65,7 +68,10 @@ def cmd_preprocess(args) -> int:
     names, source = resolve_class_names(input_dir, args.classes, args.class_names)
     _print_class_names(names, source)
     options = PreprocessOptions(classes=args.classes, spacing_mm=args.spacing, axes=parse_axes(args.axes),
-                                extract_mesh=args.extract_mesh, compress=args.compress, class_names=names)
+                                extract_mesh=args.extract_mesh, compress=args.compress, class_names=names,
+                                crop_size=args.crop)
+    if args.crop is not None and args.crop < 8:
+        raise Sam3dMedError("--crop must be at least 8 voxels")
     summary = run_preprocess(input_dir, args.out_dir, options, workers=args.workers,
                              overwrite=args.overwrite, progress=not args.no_progress)
     print(f"processed {len(summary.processed)}, already done {len(summary.reused)}, "
@@ -351,6 +357,37 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_crop(args) -> int:
+    import numpy as np
+
+    from .data.classes import CLASSES_FILE, class_names_document
+    from .data.crop import crop_around_labels, parse_label_map
+    from .io.atomic import atomic_write_json
+    from .io.nifti import load_volume, save_volume
+
+    if args.size < 8 or args.spacing <= 0:
+        raise InputError(f"--size {args.size} --spacing {args.spacing}: need at least 8 voxels of a positive size")
+    image = load_volume(args.image, "image", canonical=False)
+    label = load_volume(args.label, "label", canonical=False)
+    label_map = parse_label_map(args.labels, [int(v) for v in np.unique(label.data) if v > 0])
+    crop = crop_around_labels(image, label, label_map, size=args.size, spacing_mm=args.spacing)
+    case_id = args.case_id
+    folder = Path(args.out) / case_id
+    save_volume(folder / f"{case_id}-image.nii.gz", np.clip(np.round(crop.image_hu), -32768, 32767), crop.affine,
+                dtype=np.int16)
+    save_volume(folder / f"{case_id}-label.nii.gz", crop.label, crop.affine, dtype=np.uint8)
+    if args.class_names:
+        names = {i + 1: n.strip() for i, n in enumerate(args.class_names.split(","))}
+        atomic_write_json(Path(args.out) / CLASSES_FILE, class_names_document(names))
+    counts = {int(v): int(np.count_nonzero(crop.label == v)) for v in sorted(set(label_map.values()))}
+    print(f"{folder}: {args.size}^3 voxels of {args.spacing:g} mm around labels {sorted(label_map)} "
+          f"(extent {' x '.join(f'{e:.0f}' for e in crop.extent_mm)} mm, R x A x S); voxels per label {counts}")
+    if crop.cut:
+        print(f"warning: the labels extend {' x '.join(f'{e:.0f}' for e in crop.extent_mm)} mm, more than the "
+              f"{args.size * args.spacing:g} mm box: they are cut at its faces (use --size)", file=sys.stderr)
+    return 0
+
+
 def cmd_export_slice(args) -> int:
     from .viz.finetuned import export_slice_png
 
@@ -392,6 +429,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one offline HTML report of an evaluation folder")
     add_report_arguments(p)
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("crop", help="a TotalSegmentator-style crop (64^3 voxels of 3 mm around chosen labels) of a "
+                                     "whole scan, in the tutorial's layout")
+    p.add_argument("--image", required=True, help="the whole scan (NIfTI, any size, spacing, orientation)")
+    p.add_argument("--label", required=True, help="its label volume on the same grid (e.g. TotalSegmentator's output)")
+    p.add_argument("--out", required=True, help="data folder: OUT/CASE/CASE-image.nii.gz and CASE-label.nii.gz")
+    p.add_argument("--case_id", required=True, help="case name, e.g. s0001")
+    p.add_argument("--labels", default=None, help="label values to keep, e.g. 1,2,3,4,5, or renumbered source:target, "
+                                                  "e.g. 51:1,52:2 (default: every label, as it is)")
+    p.add_argument("--size", type=int, default=64, help="voxels per side")
+    p.add_argument("--spacing", type=float, default=3.0, help="voxel size in mm")
+    p.add_argument("--class_names", default=None, help="comma-separated names of the kept labels 1..N: writes "
+                                                       "OUT/classes.json")
+    p.set_defaults(func=cmd_crop)
     p = sub.add_parser("export-slice", help="a slice of a NIfTI scan as image.png + masks/*.png (visualize finetuned's inputs)")
     p.add_argument("--image", required=True, help="the scan (NIfTI)")
     p.add_argument("--label", required=True, help="its label volume (NIfTI, same grid)")

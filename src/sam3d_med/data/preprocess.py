@@ -59,6 +59,7 @@ class PreprocessOptions:
     extract_mesh: bool = False
     compress: bool = False
     class_names: dict[int, str] = field(default_factory=lambda: dict(DEFAULT_CLASS_NAMES))
+    crop_size: int | None = None  # cut a crop_size^3 box around labels 1..classes first (data.crop; whole scans)
 
     def fingerprint(self) -> dict:
         """What decides the cache's content: a finished case made with other values is redone."""
@@ -69,6 +70,7 @@ class PreprocessOptions:
             "axes": list(self.axes),
             "extract_mesh": self.extract_mesh,
             "ct_windows": [list(w) for w in CT_WINDOWS],
+            **({"crop_size": self.crop_size} if self.crop_size else {}),
         }
 
 
@@ -127,6 +129,12 @@ def _load_case(case_dir: Path, options: PreprocessOptions):
     outside = [int(v) for v in values if v < 0 or v > options.classes]
     if outside:
         raise InputError(f"{label_path}: label values outside 0..{options.classes}: {outside[:8]}")
+    if options.crop_size:  # a whole scan: the box around its structures, on a world-aligned grid
+        from .crop import crop_around_labels
+
+        crop = crop_around_labels(image, label, {c: c for c in range(1, options.classes + 1)}, options.crop_size,
+                                  options.spacing_mm)
+        return crop.image_hu, crop.label, crop.affine, image_path, label_path
     label_data = label.data.astype(np.uint8)
     image_hu, affine = resample_isotropic(image.data, image.affine, options.spacing_mm, order=1)
     label_data, _ = resample_isotropic(label_data, label.affine, options.spacing_mm, order=0)
