@@ -150,6 +150,33 @@ def condition_inputs(image: torch.Tensor, mask: torch.Tensor, pointmap: torch.Te
             "rgb_image": full[0], "rgb_image_mask": full[1], "rgb_pointmap": grid_points}
 
 
+# Per-sample fields whose size follows the case's grid (scans of any size): padded at the far end of
+# each axis to the batch's largest, with values that mean "outside" (index 0 and so the affine stay).
+GRID_SIZED_FIELDS = {"slice_points": float("nan"), "slice_mask": 0.0, "sdf": 1.0e4, "occupancy": 0.0}
+
+
+def collate_samples(samples: list[dict]) -> dict:
+    """``default_collate``, except that the grid-sized fields of cases of different sizes are padded."""
+    from torch.utils.data import default_collate
+
+    padded = []
+    for key, fill in GRID_SIZED_FIELDS.items():
+        if key not in samples[0]:
+            continue
+        shapes = [tuple(sample[key].shape) for sample in samples]
+        if len(set(shapes)) > 1:
+            largest = tuple(max(sizes) for sizes in zip(*shapes))
+            padded.append((key, fill, largest))
+    if padded:
+        samples = [dict(sample) for sample in samples]
+        for key, fill, largest in padded:
+            for sample in samples:
+                tensor = sample[key]
+                pad = [p for size, big in zip(reversed(tensor.shape), reversed(largest)) for p in (0, big - size)]
+                sample[key] = F.pad(tensor, pad, value=fill)
+    return default_collate(samples)
+
+
 class SliceClassDataset(Dataset):
     def __init__(self, cache_dir: str | Path, manifest: dict, case_ids: list[str], crop_size: tuple[int, int],
                  min_pixels: int = 10, augment: Augmentation | None = None, seed: int = 0,
@@ -175,6 +202,13 @@ class SliceClassDataset(Dataset):
         self.epoch = 0
         wanted = set(case_ids)
         self.cases = {c["case_id"]: c for c in manifest["cases"] if c["case_id"] in wanted}
+        if self.frame == "volume":
+            other = [c for c in self.cases.values() if tuple(c["shape_ijk"]) != (self.cube_resolution,) * 3]
+            if other:
+                raise InputError(
+                    f"{cache_dir}: the volume frame needs every case on the model's {self.cube_resolution}^3 grid, "
+                    f"{other[0]['case_id']} is {'x'.join(map(str, other[0]['shape_ijk']))}: use data.target_frame="
+                    f"object (any grid), or preprocess with --crop {self.cube_resolution}")
         self.case_index = {case_id: i for i, case_id in enumerate(sorted(self.cases))}
         self.samples: list[tuple[str, dict, int]] = []
         by_pair: dict[tuple[str, int], list[dict]] = {}

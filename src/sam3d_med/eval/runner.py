@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from ..data.dataset import SliceClassDataset, cached_case_volumes, load_manifest, split_cases
+from ..data.dataset import SliceClassDataset, cached_case_volumes, collate_samples, load_manifest, split_cases
 from ..data.preprocess import case_fingerprint
 from ..data.geometry import bounding_box
 from ..errors import ConfigError, InputError
@@ -105,6 +105,25 @@ def choose_slices(case: dict, axes, policy: str) -> list[tuple[dict, int]]:
     return chosen
 
 
+def centred_on(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``array`` cropped or zero-padded symmetrically to ``shape`` (their centres coincide)."""
+    if array.shape == tuple(shape):
+        return array
+    out = np.zeros(shape, dtype=array.dtype)
+    src, dst = [], []
+    for have, want in zip(array.shape, shape):
+        if have >= want:
+            start = (have - want) // 2
+            src.append(slice(start, start + want))
+            dst.append(slice(0, want))
+        else:
+            start = (want - have) // 2
+            src.append(slice(0, have))
+            dst.append(slice(start, start + have))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
 class TrainingPriors:
     """Mean occupancy per class and median extent per class and axis over the training cases."""
 
@@ -114,11 +133,14 @@ class TrainingPriors:
             raise InputError(f"{cache_dir}: none of the checkpoint's training cases are in this cache")
         self.mean_occupancy, self.extent = {}, {}
         sums, extents = {}, {c: [[], [], []] for c in classes}
+        # cases of other grid sizes are averaged centre to centre on the most common grid
+        shapes = [tuple(c["shape_ijk"]) for c in cases]
+        self.shape = max(set(shapes), key=shapes.count)
         for case in cases:
             sdf = np.load(cache_dir / case["sdf_path"], mmap_mode="r")
             for c in classes:
                 occ = np.asarray(sdf[c - 1] < 0)
-                sums[c] = sums.get(c, 0) + occ.astype(np.float64)
+                sums[c] = sums.get(c, 0) + centred_on(occ, self.shape).astype(np.float64)
                 if occ.any():
                     for axis, span in enumerate(bounding_box(occ, margin=0)):
                         extents[c][axis].append(span.stop - span.start)
@@ -126,6 +148,10 @@ class TrainingPriors:
             self.mean_occupancy[c] = sums[c] / len(cases) >= 0.5
             self.extent[c] = [int(np.median(e)) if e else 1 for e in extents[c]]
         self.n_cases = len(cases)
+
+    def mean_shape(self, cls: int, shape_ijk) -> np.ndarray:
+        """The mean-shape baseline of ``cls`` on a grid of ``shape_ijk`` (centre to centre)."""
+        return centred_on(self.mean_occupancy[cls], tuple(shape_ijk))
 
     def extrude(self, occupancy: np.ndarray, cls: int, axis: int, slice_idx: int) -> np.ndarray:
         plane = np.take(occupancy, slice_idx, axis=axis)
@@ -215,7 +241,7 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                                     cube_resolution=model.cfg.occupancy_resolution,
                                     cube_margin=float(cfg["data"].get("cube_margin", 0.1)))
         dataset.samples = [(case["case_id"], entry, cls) for entry, cls in choose_slices(case, axes, options.policy)]
-        loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False)
+        loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False, collate_fn=collate_samples)
         spacing = case["spacing_mm"]
         points = grid_points_mm(case["shape_ijk"], np.asarray(case["affine"]), device) if frame == "object" else None
         case_records = []
@@ -226,8 +252,9 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
             with torch.no_grad():
                 logits = reconstruct_on_grid(model, inputs, frame, points, seed=options.seed, sampler=sampler).logits
                 if options.input_slice_constraint:
-                    planes = torch.stack([batch["occupancy"][b, 0].select(int(a), int(i)) for b, (a, i)
-                                          in enumerate(zip(batch["axis"], batch["slice_idx"]))])
+                    # one plane per sample: planes of different axes differ in size on a non-cubic grid
+                    planes = [batch["occupancy"][b, 0].select(int(a), int(i)) for b, (a, i)
+                              in enumerate(zip(batch["axis"], batch["slice_idx"]))]
                     logits = impose_input_slice(logits, batch["axis"], batch["slice_idx"], planes)
             for b in range(logits.shape[0]):
                 _, entry, cls = dataset.samples[position]
@@ -238,7 +265,7 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                     viz_logits[cls] = model_logits
                     viz_slices[cls] = entry["slice_idx"]
                 predictions = {"model": model_logits > 0,
-                               "mean_shape": priors.mean_occupancy[cls],
+                               "mean_shape": priors.mean_shape(cls, truth.shape),
                                "extrude": priors.extrude(truth, cls, entry["axis"], entry["slice_idx"])}
                 for method, pred in predictions.items():
                     case_records.append({"case_id": case["case_id"], "class_id": cls, "class_name": names[str(cls)],

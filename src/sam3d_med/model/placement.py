@@ -67,7 +67,8 @@ def reconstruct_on_grid(model: SparseStructureModel, inputs: dict[str, torch.Ten
 
 def impose_input_slice(logits: torch.Tensor, axis, index, mask_planes: torch.Tensor) -> torch.Tensor:
     """Logits (B, I, J, K) with each sample's input plane (``axis``[b], ``index``[b]) set to its mask
-    ``mask_planes`` (B, H, W) on that plane: +SLICE_LOGIT inside, -SLICE_LOGIT outside."""
+    ``mask_planes`` (B, H, W), or B planes of their own sizes, on that plane: +SLICE_LOGIT inside,
+    -SLICE_LOGIT outside."""
     out = logits.clone()
     for b in range(out.shape[0]):
         plane = torch.where(mask_planes[b].to(out.device) > 0.5, SLICE_LOGIT, -SLICE_LOGIT).to(out.dtype)

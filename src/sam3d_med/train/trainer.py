@@ -28,7 +28,8 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from ..data.dataset import Augmentation, SliceClassDataset, check_frame, load_manifest, split_cases
+from ..data.dataset import (Augmentation, SliceClassDataset, check_frame, collate_samples, load_manifest,
+                            split_cases)
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path
 from ..model.checkpoint import FILES, build_from_folder
@@ -372,8 +373,6 @@ class GeneratorStart:
         self.model, self.dataset, self.sampler, self.device, self.seed = model, dataset, sampler, device, seed
 
     def __call__(self, pending: list[tuple[dict, int]]) -> torch.Tensor:
-        from torch.utils.data import default_collate
-
         from ..model.flow_transformer import SHAPE
         from ..model.lora import adapters_disabled
         from ..model.vae import tokens_to_latent_cube
@@ -384,7 +383,7 @@ class GeneratorStart:
             entry = max(case["slices"], key=lambda e: (e["class_pixel_counts"].get(cls, 0), -e["axis"], -e["slice_idx"]))
             samples.append((case["case_id"], entry, index + 1))
         self.dataset.samples = samples
-        batch = default_collate([self.dataset[i] for i in range(len(samples))])
+        batch = collate_samples([self.dataset[i] for i in range(len(samples))])
         batch = {k: v.to(self.device) for k, v in batch.items() if torch.is_tensor(v)}
         was_training = self.model.training
         self.model.eval()
@@ -511,7 +510,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     else:
         sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(seed))
     loader_kwargs = dict(batch_size=batch_size, num_workers=int(cfg.data.num_workers), drop_last=False,
-                         persistent_workers=False, pin_memory=device.type == "cuda")
+                         persistent_workers=False, pin_memory=device.type == "cuda", collate_fn=collate_samples)
     # Own generators: a loader without one draws its workers' base seed from the global RNG at every
     # epoch, which would make a resumed run differ from an uninterrupted one.
     train_loader = DataLoader(train_set, sampler=sampler, generator=torch.Generator().manual_seed(seed), **loader_kwargs)
