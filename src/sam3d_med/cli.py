@@ -243,15 +243,17 @@ def add_finetuned_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output_dir", default="results/visualizations")
     p.add_argument("--pixel_spacing", type=float, default=None,
                    help="mm per PNG pixel (a PNG has no geometry; default: the model's voxel size, --spacing)")
-    p.add_argument("--axis", type=int, default=2, help="the grid axis the image is a slice along (2 = axial)")
+    p.add_argument("--axis", type=int, default=2, help="the axis of the model's RAS+ grid the PNG is a slice along "
+                                                       "(2 = axial), in display orientation as export-slice writes it "
+                                                       "(anterior/superior up, the patient's right on the right)")
     p.add_argument("--png_window", default="40,400", help="level,width in HU a grey PNG was windowed with")
 
 
 def add_comparison_arguments(p: argparse.ArgumentParser) -> None:
     add_inference_arguments(p)
     p.add_argument("--volume", required=True, help="the scan (NIfTI)")
-    p.add_argument("--slice_idx", type=int, required=True, help="index of the conditioning slice along --axis, as stored")
-    p.add_argument("--axis", type=int, default=2, help="array axis of the slice, as stored in the file")
+    p.add_argument("--slice_idx", type=int, required=True, help=STORED_INDEX_HELP)
+    p.add_argument("--axis", type=int, default=2, help=STORED_AXIS_HELP)
     p.add_argument("--label", default=None, help="ground-truth labels on the scan's grid: every structure on the slice is "
                                                  "reconstructed and compared")
     p.add_argument("--mask", default=None, help="without --label: PNG mask of one structure on the slice (with --class)")
@@ -399,6 +401,12 @@ def cmd_export_slice(args) -> int:
     return 0
 
 
+# One slice convention everywhere: indices of the file as stored (what ITK-SNAP and 3D Slicer show as
+# voxel coordinates), whatever its orientation.
+STORED_AXIS_HELP = "array axis of the slice in the NIfTI file as stored (0, 1, 2; the same in every command)"
+STORED_INDEX_HELP = "slice index along --axis in the file as stored (0-based voxel index, as viewers show it)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam3d-med", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -416,8 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="one slice + mask of a NIfTI scan -> 3-D prediction as NIfTI on the scan's grid")
     add_inference_arguments(p)
     p.add_argument("--image", required=True, help="the scan (NIfTI)")
-    p.add_argument("--axis", type=int, required=True, help="array axis of the slice, as stored in the file")
-    p.add_argument("--slice_idx", type=int, required=True, help="index of the slice along --axis, as stored")
+    p.add_argument("--axis", type=int, required=True, help=STORED_AXIS_HELP)
+    p.add_argument("--slice_idx", type=int, required=True, help=STORED_INDEX_HELP)
     p.add_argument("--mask", default=None, help="PNG mask of the structure on that slice (rows x columns of the slice)")
     p.add_argument("--label", default=None, help="label volume on the scan's grid (with --class)")
     p.add_argument("--class", dest="class_id", type=int, default=None, help="label value of the structure")
@@ -445,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-slice", help="a slice of a NIfTI scan as image.png + masks/*.png (visualize finetuned's inputs)")
     p.add_argument("--image", required=True, help="the scan (NIfTI)")
     p.add_argument("--label", required=True, help="its label volume (NIfTI, same grid)")
-    p.add_argument("--axis", type=int, default=2, help="axis of the model's grid (RAS+ canonical; 2 = axial)")
-    p.add_argument("--slice_idx", type=int, required=True, help="slice index on the model's grid")
+    p.add_argument("--axis", type=int, default=2, help=STORED_AXIS_HELP)
+    p.add_argument("--slice_idx", type=int, required=True, help=STORED_INDEX_HELP)
     p.add_argument("--spacing", type=float, default=3.0, help="the model's voxel size in mm")
     p.add_argument("--class_names", default=None, help="comma-separated names of labels 1..N (default: classes.json beside the scan, else the heart classes)")
     p.add_argument("--out", required=True, help="folder for image.png and masks/")

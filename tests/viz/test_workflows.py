@@ -165,3 +165,25 @@ def test_report_says_what_is_missing_and_refuses_other_folders(trained, tmp_path
     assert text.count("--save_viz") >= 2 and "<img" not in text
     done = run("-m", "sam3d_med.cli", "report", tmp_path / "nothing")
     assert_one_line_error(done, "no metrics.json")
+
+
+def test_export_slice_indexes_the_file_as_stored_and_writes_display_orientation(tmp_path):
+    """A scan stored LPS (i to the patient's left, j to posterior), 3 mm: a marker at the patient's
+    right-anterior corner of stored slice k = 20 shows top right in the PNGs (anterior up, the right
+    on the right, as the figures); slice 21 as stored has no marker."""
+    from sam3d_med.io.nifti import save_volume
+
+    affine = np.diag([-3.0, -3.0, 3.0, 1.0])  # LPS storage
+    image = np.full((40, 40, 40), -800, np.int16)
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[2:8, 3:9, 20] = 1  # small i: patient's right; small j: anterior
+    label[15:30, 15:30, 18:23] = 2  # a central structure on every slice, so both slices export
+    save_volume(tmp_path / "img.nii.gz", image, affine, dtype=np.int16)
+    save_volume(tmp_path / "lab.nii.gz", label, affine, dtype=np.uint8)
+    names = {1: "marker", 2: "centre"}
+    written = export_slice_png(tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz", 2, 20, tmp_path / "a", names)
+    marker = mpimg.imread(next(p for p in written["masks"] if "marker" in p.name))[..., 0] > 0.5
+    rows, cols = np.nonzero(marker)
+    assert rows.mean() < marker.shape[0] / 4 and cols.mean() > 3 * marker.shape[1] / 4  # top right
+    other = export_slice_png(tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz", 2, 21, tmp_path / "b", names)
+    assert [p.name for p in other["masks"]] == ["02_centre.png"]

@@ -4,8 +4,9 @@ A PNG has no world geometry, so the geometry is assumed and said:
 - each PNG pixel is ``pixel_spacing_mm`` square (default: the model's voxel size, so one pixel is
   one voxel of the training grid);
 - the image is a slice along array ``axis`` (default 2: axial) through the centre of the model's
-  grid (RAS+, ``spacing_mm`` voxels, centred on the world origin); PNG rows run along the first
-  remaining grid axis, columns along the second (as ``sam3d-med export-slice`` writes them);
+  grid (RAS+, ``spacing_mm`` voxels, centred on the world origin), in display orientation
+  (``viz.slices.to_display``: anterior/superior at the top, the patient's right on the right), as
+  ``sam3d-med export-slice`` writes it and every figure of the tool shows slices;
 - the PNG's centre is the grid's centre; the image is resampled onto the grid (linear; mask nearest).
 Intensities: an RGB PNG whose channels differ is taken as the three CT windows the model uses
 (what ``export-slice`` writes); a grey PNG is taken as one CT window (``png_window`` level, width in
@@ -26,13 +27,13 @@ from ..data.geometry import take_slice
 from ..data.preprocess import CT_WINDOWS, window_ct
 from ..data.surfaces import voxel_volume_mm3
 from ..errors import InputError
-from ..eval.predict import (canonical_resampled, load_matching_label, read_mask_png, reconstruct_logits,
-                            slice_model_inputs, surface_of_logits, write_mesh)
+from ..eval.predict import (canonical_resampled, canonical_slice, load_matching_label, read_mask_png,
+                            reconstruct_logits, slice_model_inputs, surface_of_logits, write_mesh)
 from ..io.atomic import atomic_path, atomic_write_json
 from ..io.nifti import load_volume, save_volume
 from .palette import class_colour, rgba_of_labels
 from .render import mesh_views_figure
-from .slices import comparison_figure, draw_slice, save_figure
+from .slices import comparison_figure, draw_slice, from_display, save_figure, to_display
 
 SOFT_TISSUE_WINDOW = CT_WINDOWS[0]
 
@@ -82,10 +83,13 @@ def reconstruct_from_png(model, image_png: str | Path, mask_png: str | Path, out
     pixel_mm = float(pixel_spacing_mm or spacing_mm)
     if pixel_mm <= 0:
         raise InputError("--pixel_spacing must be positive (mm)")
-    windows, intensity_note = read_image_png(image_png, png_window)
-    mask = read_mask_png(mask_png, windows.shape[1:])
-    if not mask.any():
+    windows_display, intensity_note = read_image_png(image_png, png_window)
+    mask_display = read_mask_png(mask_png, windows_display.shape[1:])
+    if not mask_display.any():
         raise InputError(f"{mask_png}: the mask is empty")
+    # display orientation -> the grid's [p, q] plane
+    windows = np.stack([from_display(w) for w in windows_display])
+    mask = from_display(mask_display)
     mask_grid = _onto_grid(mask, resolution, spacing_mm, pixel_mm, order=0) > 0.5
     if not mask_grid.any():
         raise InputError(f"{mask_png}: at {pixel_mm:g} mm per pixel the mask covers no {spacing_mm:g} mm voxel of the "
@@ -124,11 +128,11 @@ def reconstruct_from_png(model, image_png: str | Path, mask_png: str | Path, out
 
     fig = Figure(figsize=(9.5, 5.2))
     left, right = fig.subplots(1, 2)
-    left.imshow(windows[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")  # the soft-tissue window
-    left.imshow(rgba_of_labels(mask.astype(np.uint8) * label, 0.45), interpolation="nearest")
-    left.contour(mask, levels=[0.5], colors=[colour], linewidths=1.0)
-    left.set_title(f"{image_png.name} + {mask_png.name}\n({mask.shape[0]}x{mask.shape[1]} px, as stored: row 0 on top)",
-                   fontsize=9)
+    left.imshow(windows_display[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")  # the soft-tissue window
+    left.imshow(rgba_of_labels(mask_display.astype(np.uint8) * label, 0.45), interpolation="nearest")
+    left.contour(mask_display, levels=[0.5], colors=[colour], linewidths=1.0)
+    left.set_title(f"{image_png.name} + {mask_png.name}\n({mask_display.shape[0]}x{mask_display.shape[1]} px, "
+                   f"display orientation)", fontsize=9)
     left.set_xticks([])
     left.set_yticks([])
     volume_image = np.full(shape, np.nan, dtype=np.float32)
@@ -156,21 +160,20 @@ def export_slice_png(image_path: str | Path, label_path: str | Path, axis: int, 
                      class_names: dict[int, str], spacing_mm: float = 3.0) -> dict:
     """A slice of a scan as the PNG inputs of ``visualize_finetuned.py``: ``image.png`` (RGB = the
     model's three CT windows) and ``masks/<NN>_<class>.png`` (one per class on the slice, sorted by
-    label value). The slice is ``slice_idx`` along ``axis`` of the model's grid (the scan in RAS+
-    canonical order at ``spacing_mm``), rows along the first remaining axis: the frame
-    ``reconstruct_from_png`` assumes."""
+    label value). ``axis``/``slice_idx`` index the file as stored (as ``predict`` and ``visualize
+    comparison``); the PNGs show that slice on the model's grid (RAS+, ``spacing_mm`` pixels) in
+    display orientation: the frame ``reconstruct_from_png`` assumes."""
     out_dir = Path(out_dir)
     image = load_volume(image_path, "image", canonical=False)
     label = load_matching_label(label_path, image)
-    canon_image = canonical_resampled(image, spacing_mm, order=1)
+    view = canonical_slice(image, axis, slice_idx, spacing_mm, None, image_path)
     canon_label = np.rint(canonical_resampled(label, spacing_mm, order=0).data).astype(np.int64)
-    if axis not in (0, 1, 2) or not 0 <= slice_idx < canon_image.data.shape[axis]:
-        raise InputError(f"slice {slice_idx} along axis {axis} is outside the resampled scan {canon_image.data.shape}")
-    windows = take_slice(window_ct(canon_image.data), axis, slice_idx, leading=1)
-    labels = take_slice(canon_label, axis, slice_idx)
+    windows = np.stack([to_display(w) for w in take_slice(window_ct(view.image.data), view.axis, view.index,
+                                                            leading=1)])
+    labels = to_display(take_slice(canon_label, view.axis, view.index))
     present = [c for c in sorted(class_names) if (labels == c).any()]
     if not present:
-        raise InputError(f"{label_path}: no labelled structure on slice {slice_idx} along axis {axis} of the resampled scan")
+        raise InputError(f"{label_path}: no labelled structure on slice {slice_idx} along axis {axis}")
     written = {"image": out_dir / "image.png", "masks": []}
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     with atomic_path(written["image"]) as tmp:

@@ -55,6 +55,19 @@ def display_slices(labels_ijk: np.ndarray, per_axis: int = 3, include: tuple[int
     return chosen
 
 
+def to_display(plane_pq: np.ndarray) -> np.ndarray:
+    """A slice [p, q] of the RAS+ grid (p, q: its two remaining axes in increasing order) -> an image
+    [row, column] in display orientation, as every figure of the tool shows it: q upwards (anterior
+    or superior at the top), p to the right (the patient's right on the screen's right in axial and
+    coronal views, i.e. the neurological convention, letters on every figure)."""
+    return np.asarray(plane_pq).T[::-1]
+
+
+def from_display(image_rc: np.ndarray) -> np.ndarray:
+    """The inverse of ``to_display``: an image in display orientation -> the slice [p, q]."""
+    return np.asarray(image_rc)[::-1].T
+
+
 def _plane(volume_ijk: np.ndarray, axis: int, index: int) -> np.ndarray:
     """The slice as an image for ``imshow(origin="lower")``: [q, p] (rows = q, columns = p)."""
     return take_slice(np.asarray(volume_ijk), axis, index).T
