@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 
 from sam3d_med.data.geometry import voxel_to_world
+from sam3d_med.data.phantom import write_phantom_dataset
 from sam3d_med.data.preprocess import PreprocessOptions, run_preprocess
 from sam3d_med.io.nifti import save_volume
 from tests.eval.test_predict import fine_oblique_case
@@ -80,3 +81,48 @@ def test_preprocessing_crops_whole_scans_itself(tmp_path):
     record = json.loads((tmp_path / "cache" / "manifest.json").read_text())["cases"][0]
     assert record["shape_ijk"] == [64, 64, 64] and record["options"]["crop_size"] == 64
     assert all(record["class_voxel_counts"][str(c)] > 0 for c in range(1, 6))
+
+
+def test_a_whole_1mm_oblique_scan_goes_through_the_workflow(tmp_path):
+    """The issue's 'done when': a full 1 mm scan in another orientation -> crop -> preprocess ->
+    train -> evaluate -> predict -> visualize, each as the user runs it, without a traceback."""
+    from tests.train.conftest import QUICK
+
+    write_phantom_dataset(tmp_path / "src", 2, seed=11, axcodes="LPI", oblique_deg=15)
+    scans = []
+    for case in ("s0001", "s0002"):
+        for kind, fill, dtype in (("image", -1000, np.int16), ("label", 0, np.uint8)):
+            img = nib.load(tmp_path / "src" / case / f"{case}-{kind}.nii.gz")
+            fine = np.repeat(np.repeat(np.repeat(np.asarray(img.dataobj), 3, 0), 3, 1), 3, 2)  # 1 mm
+            fine = np.pad(fine, 12, constant_values=fill)  # a larger field of view than the structures
+            affine = img.affine @ np.diag([1 / 3, 1 / 3, 1 / 3, 1.0])
+            affine[:3, 3] = img.affine[:3, :3] @ np.full(3, -1 / 3) + img.affine[:3, 3] - affine[:3, :3] @ np.full(3, 12)
+            save_volume(tmp_path / "whole" / f"{case}-{kind}.nii.gz", fine, affine, dtype=dtype)
+        scans.append(case)
+
+    def run(*args, script=None):
+        cmd = [sys.executable, *(["-m", "sam3d_med.cli"] if script is None else [str(REPO / "scripts" / script)]),
+               *map(str, args)]
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (args, done.stderr[-2000:])
+        return done
+
+    for case in scans:
+        run("crop", "--image", f"whole/{case}-image.nii.gz", "--label", f"whole/{case}-label.nii.gz", "--out", "data",
+            "--case_id", case)
+    run("--original_nifti_dir", "data", "--out", "cache", "--classes", "5", "--spacing", "3.0",
+        script="reprocess_ts_nifti.py")
+    run(*QUICK, "data.slice_cache_dir=cache", "training.checkpoint_dir=ckpt", "training.epochs=1",
+        "data.val_fraction=0", "hydra.run.dir=run", script="train_medical_hydra.py")
+    run("--checkpoint", "ckpt/best.pt", "--data_root", "cache", "--output_dir", "eval", "--steps", "2", "--max_cases",
+        "1", "--device", "cpu", script="eval_medical.py")
+    label = np.asarray(nib.load(tmp_path / "whole" / "s0001-label.nii.gz").dataobj)
+    index = int(np.argmax((label == 2).sum(axis=(0, 1))))
+    run("predict", "--checkpoint", "ckpt/best.pt", "--image", "whole/s0001-image.nii.gz", "--label",
+        "whole/s0001-label.nii.gz", "--class", "2", "--axis", "2", "--slice_idx", index, "--out", "pred.nii.gz",
+        "--steps", "2", "--device", "cpu")
+    assert nib.load(tmp_path / "pred.nii.gz").shape == label.shape
+    run("--checkpoint", "ckpt/best.pt", "--volume", "whole/s0001-image.nii.gz", "--label", "whole/s0001-label.nii.gz",
+        "--axis", "2", "--slice_idx", index, "--output", "comparison.png", "--steps", "2", "--device", "cpu",
+        script="visualize_comparison.py")
+    assert (tmp_path / "comparison.png").stat().st_size > 10000
