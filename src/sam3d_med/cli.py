@@ -368,7 +368,7 @@ def cmd_crop(args) -> int:
     from .io.nifti import load_volume, save_volume
 
     if args.size < 8 or args.spacing <= 0:
-        raise InputError(f"--size {args.size} --spacing {args.spacing}: need at least 8 voxels of a positive size")
+        raise Sam3dMedError(f"--size {args.size} --spacing {args.spacing}: need at least 8 voxels of a positive size")
     image = load_volume(args.image, "image", canonical=False)
     label = load_volume(args.label, "label", canonical=False)
     label_map = parse_label_map(args.labels, [int(v) for v in np.unique(label.data) if v > 0])
