@@ -96,3 +96,21 @@ def test_adapters_can_be_bypassed_for_the_base_function(tiny_model):
         assert torch.allclose(generator_output(tiny_model), base, atol=1e-6)
     assert torch.equal(generator_output(tiny_model), adapted)
     assert all(p.requires_grad for n, p in tiny_model.generator.named_parameters() if "lora_" in n)
+
+
+def test_precision_regions_nested_in_another_dtype_use_their_own_casts_of_trained_weights():
+    """The fp16 flow inside training's bf16 validation region: autocast's cast cache would hand the
+    adapters' bf16 casts to the fp16 region (on CUDA; the same cache on a CPU reproduces it)."""
+    import torch
+
+    from sam3d_med.model.sam3d import precision_region
+
+    adapter = torch.nn.Linear(8, 8)  # a trainable leaf weight, as a LoRA adapter's
+    x = torch.randn(2, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        adapter(x)  # cached: the bf16 cast of the weight
+        with pytest.raises(RuntimeError, match="same dtype"):
+            with torch.autocast("cpu", dtype=torch.float16):
+                adapter(x.half())
+        with precision_region(torch.float16, True, "cpu"):
+            assert adapter(x.half()).dtype == torch.float16

@@ -24,6 +24,15 @@ from .vae import SparseStructureDecoder, SparseStructureEncoder, latent_cube_to_
 CONDITION_INPUTS = tuple(name for _, name, _ in STREAMS)
 
 
+def precision_region(dtype: torch.dtype, enabled: bool, device_type: str = "cuda"):
+    """An autocast region to ``dtype`` that ignores autocast's cast cache. Autocast keeps its casts of
+    trainable leaf weights (the LoRA adapters) until the outermost region ends, keyed by the weight and
+    not by the dtype: inside a caller's bf16 region (training's validation) an fp16 region (the flow,
+    as the release runs it) would be handed the bf16 casts and fail ("expected mat1 and mat2 to have
+    the same dtype", found on an H100)."""
+    return torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=False)
+
+
 class SparseStructureModel(nn.Module):
     def __init__(self, cfg: ModelConfig, with_encoder: bool = True):
         super().__init__()
@@ -75,9 +84,9 @@ class SparseStructureModel(nn.Module):
         cuda = self.decoder.input_layer.weight.is_cuda
         flow_dtype = torch.float16 if self.cfg.flow.use_fp16 else torch.bfloat16
         sampler = sampler or self.cfg.sampler
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        with precision_region(torch.bfloat16, cuda):
             cond = self.condition_embedder(**{k: condition_inputs[k] for k in CONDITION_INPUTS})
-        with torch.autocast("cuda", dtype=flow_dtype, enabled=cuda):
+        with precision_region(flow_dtype, cuda):
             if one_step:
                 return one_step_latents(self.generator, cond, self.generator.latent_shapes(), sampler, seed)
             return sample_latents(self.generator, cond, self.generator.latent_shapes(), sampler, seed)
@@ -88,7 +97,7 @@ class SparseStructureModel(nn.Module):
         """Condition inputs -> (occupancy logits (B, 1, N, N, N) float32, pose decoded in the normalised
         pointmap frame): ``sample``, then the decoder (bf16 autocast on CUDA) and the pose decoder."""
         latents = self.sample(condition_inputs, seed, sampler, one_step)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.decoder.input_layer.weight.is_cuda):
+        with precision_region(torch.bfloat16, self.decoder.input_layer.weight.is_cuda):
             logits = self.decode_shape(latents[SHAPE]).float()
         return logits, decode_pose({name: latents[name] for name in POSE_MEMBERS})
 
