@@ -261,8 +261,10 @@ def test_ctrl_c_stops_the_worker_pool_promptly_and_keeps_only_whole_cases(tmp_pa
     write_phantom_dataset(tmp_path / "raw", 16, seed=5)
     cmd = [sys.executable, str(REPO / "scripts" / "reprocess_ts_nifti.py"), "--original_nifti_dir", "raw", "--out",
            "cache", "--classes", "5", "--workers", "2"]
+    # SIGINT's default disposition in the child whatever this process has (a job started with & in a
+    # non-interactive shell ignores SIGINT, and Python then never raises KeyboardInterrupt)
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     records = tmp_path / "cache" / "case_records"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(records.glob("*.json")) if records.is_dir() else []) < 2:

@@ -202,13 +202,6 @@ class SliceClassDataset(Dataset):
         self.epoch = 0
         wanted = set(case_ids)
         self.cases = {c["case_id"]: c for c in manifest["cases"] if c["case_id"] in wanted}
-        if self.frame == "volume":
-            other = [c for c in self.cases.values() if tuple(c["shape_ijk"]) != (self.cube_resolution,) * 3]
-            if other:
-                raise InputError(
-                    f"{cache_dir}: the volume frame needs every case on the model's {self.cube_resolution}^3 grid, "
-                    f"{other[0]['case_id']} is {'x'.join(map(str, other[0]['shape_ijk']))}: use data.target_frame="
-                    f"object (any grid), or preprocess with --crop {self.cube_resolution}")
         self.case_index = {case_id: i for i, case_id in enumerate(sorted(self.cases))}
         self.samples: list[tuple[str, dict, int]] = []
         by_pair: dict[tuple[str, int], list[dict]] = {}
