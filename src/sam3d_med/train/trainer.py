@@ -161,14 +161,14 @@ def _memory_estimate(model: SparseStructureModel, cfg: DictConfig, frame: str):
     """``train.memory``'s estimate for this run, on a meta-device copy of the model as it trains."""
     with torch.device("meta"):
         meta = SparseStructureModel(model.cfg, with_encoder=model.encoder is not None)
-    configure_trainable(meta, cfg)
+    configure_trainable(meta, cfg, quiet=True)
     weights = LossWeights(**{k: type(v)(cfg.loss[k]) for k, v in asdict(LossWeights()).items()})
     crop = int(cfg.data.preprocess_crop_size[0])
     return estimate_training_memory(meta, lambda m: TrainingObjective(m, weights, frame),
                                     lambda b: synthetic_batch(meta, b, crop, "meta"))
 
 
-def configure_trainable(model: SparseStructureModel, cfg: DictConfig) -> None:
+def configure_trainable(model: SparseStructureModel, cfg: DictConfig, quiet: bool = False) -> None:
     if cfg.training.train_base:
         model.requires_grad_(True)
         for name, param in model.named_parameters():
@@ -183,8 +183,9 @@ def configure_trainable(model: SparseStructureModel, cfg: DictConfig) -> None:
                             targets=tuple(cfg.lora.targets), include_mlp=bool(cfg.lora.include_mlp),
                             trainable_modules=tuple(cfg.lora.trainable_modules))
     adapted = apply_lora(model, settings)
-    log.info("LoRA rank %d on %d layers; %d trainable parameters", settings.rank, len(adapted),
-             sum(p.numel() for p in trainable_parameters(model).values()))
+    if not quiet:
+        log.info("LoRA rank %d on %d layers; %d trainable parameters", settings.rank, len(adapted),
+                 sum(p.numel() for p in trainable_parameters(model).values()))
 
 
 def trained_state(model: SparseStructureModel, cfg: DictConfig) -> dict[str, torch.Tensor]:
