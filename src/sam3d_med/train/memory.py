@@ -108,7 +108,9 @@ def synthetic_batch(model: SparseStructureModel, batch: int, crop: int, device="
                slice_mask=(sdf[..., side // 2] < 0).float().expand(batch, 1, side, side).clone(),
                axis=torch.full((batch,), 2), slice_idx=torch.full((batch,), side // 2),
                shape_latent=torch.randn(batch, cfg.flow.latent_channels, *(cfg.flow.resolution,) * 3, generator=g))
-    return {k: v.to(device) for k, v in out.items()}
+    # the input slice's axis and index are read as numbers (indexing), so on the meta device they stay real
+    keep = ("axis", "slice_idx") if str(device) == "meta" else ()
+    return {k: v if k in keep else v.to(device) for k, v in out.items()}
 
 
 def estimate_training_memory(meta_model: SparseStructureModel, objective_factory, batch_factory) -> MemoryEstimate:
@@ -128,4 +130,5 @@ def estimate_training_memory(meta_model: SparseStructureModel, objective_factory
         for b, use in zip(blocks, previous):
             b.use_checkpoint = use
     one_block = (full - checkpointed) / max(1, len(blocks))
-    return MemoryEstimate(static_bytes(meta_model), full, checkpointed + TRANSIENT_BLOCKS * one_block)
+    # with few blocks (small presets) the working-set term would exceed what checkpointing saves
+    return MemoryEstimate(static_bytes(meta_model), full, min(full, checkpointed + TRANSIENT_BLOCKS * one_block))
