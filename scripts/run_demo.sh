@@ -19,7 +19,7 @@ HF_ENDPOINT="$(cat "$OUT/hub_endpoint")" HF_HOME="$OUT/hf_home" HF_HUB_DISABLE_T
     python scripts/download_hf_checkpoints.py --repo facebook/sam-3d-objects --out "$OUT/checkpoints/hf"
 kill "$SERVER" && wait "$SERVER" 2>/dev/null || true
 SERVER=""
-sam3d-med model-info --preset sam3d --config_dir "$OUT/checkpoints/hf" | head -2
+sam3d-med model-info --preset sam3d --config_dir "$OUT/checkpoints/hf" | sed -n 1,2p
 
 echo "== 2/5 synthetic heart phantom (SYNTHETIC data, not patient images) and preprocessing (tutorial step 2)"
 sam3d-med phantom --out "$OUT/raw" --cases 12 --seed 0

@@ -484,6 +484,11 @@ def run_command(func, args) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished files are kept; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the output went to a reader that stopped early (`| head`): not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
