@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pretrain the rehearsal base on generic shapes and package it like Meta's release (release/rehearsal/).
 
-    python scripts/pretrain_rehearsal.py [--cases 240] [--epochs 30] [--steps 100] [--out release/rehearsal]
+    python scripts/pretrain_rehearsal.py [--cases 60] [--epochs 8] [--steps 60] [--out release/rehearsal]
 """
 import argparse
 import os
@@ -14,10 +14,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "release" / "rehearsal"), help="release folder (checkpoints/ inside)")
     parser.add_argument("--work", default="rehearsal_work", help="generic shapes, cache, checkpoints, log")
-    parser.add_argument("--cases", type=int, default=240)
+    parser.add_argument("--cases", type=int, default=60)
     parser.add_argument("--shapes_seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per epoch")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per epoch")
     parser.add_argument("overrides", nargs="*", help="more key=value settings for the training config")
     args = parser.parse_args()
     from hydra import compose, initialize_config_dir  # after parsing: an argument error is immediate

@@ -83,7 +83,7 @@ def pretrain_rehearsal(cfg: DictConfig, release_dir: str | Path, work_dir: str |
 
 def _training_record(cfg: DictConfig, cases: int, shapes_seed: int, history: list[dict], files: dict, cpu_s: float,
                      wall_s: float) -> str:
-    rows = "\n".join(f"| {h['epoch']} | {h.get('train_loss') if h.get('train_loss') is not None else '-'} | "
+    rows = "\n".join(f"| {h['epoch']} | {'-' if h.get('train_loss') is None else format(h['train_loss'], '.4f')} | "
                      f"{h.get('val_loss', float('nan')):.4f} | {h.get('val_dice', float('nan')):.4f} | "
                      f"{h.get('val_dice_one_step', float('nan')):.4f} |" for h in history)
     sizes = "\n".join(f"| {name} | {size:,d} |" for name, size in files.items())
