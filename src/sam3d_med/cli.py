@@ -362,7 +362,7 @@ def cmd_report(args) -> int:
 def cmd_crop(args) -> int:
     import numpy as np
 
-    from .data.classes import CLASSES_FILE, class_names_document
+    from .data.classes import CLASSES_FILE, class_names_document, parse_class_names
     from .data.crop import crop_around_labels, parse_label_map
     from .io.atomic import atomic_write_json
     from .io.nifti import load_volume, save_volume
@@ -379,8 +379,7 @@ def cmd_crop(args) -> int:
                 dtype=np.int16)
     save_volume(folder / f"{case_id}-label.nii.gz", crop.label, crop.affine, dtype=np.uint8)
     if args.class_names:
-        names = {i + 1: n.strip() for i, n in enumerate(args.class_names.split(","))}
-        atomic_write_json(Path(args.out) / CLASSES_FILE, class_names_document(names))
+        atomic_write_json(Path(args.out) / CLASSES_FILE, class_names_document(parse_class_names(args.class_names)))
     counts = {int(v): int(np.count_nonzero(crop.label == v)) for v in sorted(set(label_map.values()))}
     print(f"{folder}: {args.size}^3 voxels of {args.spacing:g} mm around labels {sorted(label_map)} "
           f"(extent {' x '.join(f'{e:.0f}' for e in crop.extent_mm)} mm, R x A x S); voxels per label {counts}")

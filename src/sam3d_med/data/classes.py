@@ -48,11 +48,16 @@ def class_names_document(names: dict[int, str]) -> dict:
     return {"class_names": {str(k): v for k, v in sorted(names.items())}, "background": 0}
 
 
+def parse_class_names(text: str) -> dict[int, str]:
+    """``--class_names`` (comma-separated names of labels 1..N) -> {label value: name}."""
+    return {i + 1: n.strip() for i, n in enumerate(text.split(","))}
+
+
 def find_class_names(folder: str | Path, names_arg: str | None) -> tuple[dict[int, str], str]:
     """Class names from ``names_arg`` (comma-separated names of labels 1..N), else
     ``folder/classes.json``, else the TotalSegmentator heart order; returns (names, where from)."""
     if names_arg:
-        return {i + 1: n.strip() for i, n in enumerate(names_arg.split(","))}, "--class_names"
+        return parse_class_names(names_arg), "--class_names"
     names = read_class_names(folder)
     if names is not None:
         return names, f"{folder}/{CLASSES_FILE}"

@@ -84,6 +84,10 @@ class EvalOptions:
     save_viz: bool = False  # per-case comparison grid + surfaces in visualizations/ (the report shows them)
     input_slice_constraint: bool = True  # the prediction on the input plane is the input mask
 
+    def __post_init__(self):  # checked where the options are made, before any model is loaded
+        if self.policy not in POLICIES:
+            raise ConfigError(f"--policy must be one of {POLICIES}")
+
 
 def choose_slices(case: dict, axes, policy: str) -> list[tuple[dict, int]]:
     """(slice entry, class) per class present in the case and per axis, chosen by ``policy``."""
@@ -178,8 +182,6 @@ def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: str) -> dic
 def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Path, options: EvalOptions,
              device: str = "cpu", log=lambda m: print(m, file=sys.stderr)) -> dict:
     """Evaluate a training checkpoint (its model, settings and training cache) on a test cache."""
-    if options.policy not in POLICIES:
-        raise ConfigError(f"--policy must be one of {POLICIES}")
     model, payload = load_model_from_checkpoint(checkpoint, device)
     return evaluate_model(model, payload["config"], str(checkpoint), data_root, output_dir, options, device, log)
 
@@ -192,8 +194,6 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
     from tqdm import tqdm
 
     data_root, output_dir = Path(data_root), Path(output_dir)
-    if options.policy not in POLICIES:
-        raise ConfigError(f"--policy must be one of {POLICIES}")
     manifest = load_manifest(data_root)
     sampler = sampler_settings(model.cfg.sampler, cfg.get("validation", {}), options.steps, options.guidance)
     frame = cfg["data"].get("target_frame", "volume")
@@ -209,9 +209,10 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
         raise InputError(f"{data_root}: classes {names} differ from the training classes {train_manifest['class_names']}")
     train_ids, _ = split_cases([c["case_id"] for c in train_manifest["cases"]], float(cfg["data"]["val_fraction"]),
                                int(cfg["seed"]))
-    warnings = [w for w in [leakage_warning(manifest, train_manifest)] if w]
-    for warning in warnings:
-        log(f"WARNING: {warning}")
+    leakage = leakage_warning(manifest, train_manifest)
+    warnings = [leakage] if leakage else []
+    if leakage:
+        log(f"WARNING: {leakage}")
     classes = sorted(int(k) for k in names)
     priors = TrainingPriors(train_cache, train_manifest, train_ids, classes)
     log(f"baselines from {priors.n_cases} training cases in {train_cache}")
@@ -323,7 +324,7 @@ def json_safe(obj):
 def leakage_warning(test_manifest: dict, train_manifest: dict) -> str | None:
     """A warning when test cases are cases of the training cache (trained on, or used to choose
     best.pt), matched by content (``case_fingerprint``), not by id; None otherwise."""
-    seen = {case_fingerprint(c): c["case_id"] for c in train_manifest["cases"]}
+    seen = {case_fingerprint(c) for c in train_manifest["cases"]}
     overlap = [c["case_id"] for c in test_manifest["cases"] if case_fingerprint(c) in seen]
     if not overlap:
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError, InputError
 
@@ -17,43 +17,34 @@ POSITIVE_INTEGERS = ("training.epochs", "training.batch_size", "training.grad_ac
 POSITIVE_NUMBERS = ("training.learning_rate",)
 
 
-def _get(cfg: DictConfig, key: str):
-    node = cfg
-    for part in key.split("."):
-        if node is None or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def check_training_config(cfg: DictConfig) -> None:
     """Raise ConfigError/InputError (one line naming the key) for what is wrong before training starts."""
     for key, allowed in CHOICES.items():
-        value = _get(cfg, key)
+        value = OmegaConf.select(cfg, key)
         if value is not None and value not in allowed:
             raise ConfigError(f"{key}={value!r}: must be one of {', '.join(str(a).lower() for a in allowed)}")
     for key in POSITIVE_INTEGERS:
-        value = _get(cfg, key)
+        value = OmegaConf.select(cfg, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{key}={value!r}: must be a whole number >= 1")
     for key in POSITIVE_NUMBERS:
-        value = _get(cfg, key)
+        value = OmegaConf.select(cfg, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
             raise ConfigError(f"{key}={value!r}: must be a number > 0")
-    if _get(cfg, "lora.enabled") and not _get(cfg, "training.train_base"):
-        rank = _get(cfg, "lora.rank")
+    if OmegaConf.select(cfg, "lora.enabled") and not OmegaConf.select(cfg, "training.train_base"):
+        rank = OmegaConf.select(cfg, "lora.rank")
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ConfigError(f"lora.rank={rank!r}: must be a whole number >= 1")
-    fraction = _get(cfg, "data.val_fraction")
+    fraction = OmegaConf.select(cfg, "data.val_fraction")
     if fraction is not None and not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
         raise ConfigError(f"data.val_fraction={fraction!r}: must be in [0, 1)")
-    resume = _get(cfg, "training.resume")
+    resume = OmegaConf.select(cfg, "training.resume")
     if resume and not Path(resume).is_file():
         raise InputError(f"training.resume={resume}: no such checkpoint file")
     from ..data.preprocess import load_manifest  # numpy and scipy only
 
-    load_manifest(_get(cfg, "data.slice_cache_dir"))
-    if _get(cfg, "model.checkpoint_dir"):
+    load_manifest(OmegaConf.select(cfg, "data.slice_cache_dir"))
+    if OmegaConf.select(cfg, "model.checkpoint_dir"):
         from ..model.release_files import require_weights_folder
 
-        require_weights_folder(_get(cfg, "model.checkpoint_dir"))
+        require_weights_folder(OmegaConf.select(cfg, "model.checkpoint_dir"))

@@ -58,7 +58,7 @@ def config_for_resume(cfg: DictConfig, stored: dict, explicit: set[str]) -> tupl
     given = OmegaConf.to_container(cfg, resolve=True)
     merged = OmegaConf.create(stored)
     for key in STRUCTURAL_KEYS:
-        if not any(_covered(key, {e}) or _covered(e, {key}) for e in explicit):
+        if not (_covered(key, explicit) or any(_covered(e, {key}) for e in explicit)):  # the key, a parent or a child
             continue
         mine, theirs = OmegaConf.select(cfg, key), OmegaConf.select(merged, key)
         mine = OmegaConf.to_container(mine, resolve=True) if isinstance(mine, DictConfig) else mine

@@ -162,10 +162,15 @@ def _memory_estimate(model: SparseStructureModel, cfg: DictConfig, frame: str):
     with torch.device("meta"):
         meta = SparseStructureModel(model.cfg, with_encoder=model.encoder is not None)
     configure_trainable(meta, cfg, quiet=True)
-    weights = LossWeights(**{k: type(v)(cfg.loss[k]) for k, v in asdict(LossWeights()).items()})
+    weights = loss_weights(cfg)
     crop = int(cfg.data.preprocess_crop_size[0])
     return estimate_training_memory(meta, lambda m: TrainingObjective(m, weights, frame),
                                     lambda b: synthetic_batch(meta, b, crop, "meta"))
+
+
+def loss_weights(cfg: DictConfig) -> LossWeights:
+    """The loss weights of ``cfg.loss``, typed as ``LossWeights`` declares them."""
+    return LossWeights(**{k: type(v)(cfg.loss[k]) for k, v in asdict(LossWeights()).items()})
 
 
 def configure_trainable(model: SparseStructureModel, cfg: DictConfig, quiet: bool = False) -> None:
@@ -477,12 +482,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     model, identity = build_model(cfg)
     configure_trainable(model, cfg)
-    place_on_device(model, cfg, device, target_frame(cfg))
+    frame = target_frame(cfg)
+    place_on_device(model, cfg, device, frame)
 
     manifest = load_manifest(cfg.data.slice_cache_dir)
     train_ids, val_ids = split_cases([c["case_id"] for c in manifest["cases"]], float(cfg.data.val_fraction), seed)
     side = model.cfg.occupancy_resolution
-    other = [c for c in manifest["cases"] if target_frame(cfg) == "volume" and tuple(c["shape_ijk"]) != (side,) * 3]
+    other = [c for c in manifest["cases"] if tuple(c["shape_ijk"]) != (side,) * 3] if frame == "volume" else []
     if other:  # the volume frame predicts the scan's own grid: it must be the model's
         raise InputError(f"{cfg.data.slice_cache_dir}: the volume frame needs every case on the model's {side}^3 grid, "
                          f"{other[0]['case_id']} is {'x'.join(map(str, other[0]['shape_ijk']))}: use "
@@ -490,7 +496,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     latent_dir = prepare_latent_targets(model, cfg, manifest, train_ids + val_ids, ranks, identity)
     crop = tuple(int(x) for x in cfg.data.preprocess_crop_size)
     augment = Augmentation() if cfg.data.augment else None
-    frame = target_frame(cfg)
     geometry = dict(latent_dir=latent_dir, frame=frame, cube_resolution=model.cfg.occupancy_resolution,
                     cube_margin=float(cfg.data.cube_margin), epoch_mode=str(cfg.data.get("epoch", "slices")))
     train_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, train_ids, crop, int(cfg.data.min_pixels), augment,
@@ -523,7 +528,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     train_loader = DataLoader(train_set, sampler=sampler, generator=torch.Generator().manual_seed(seed), **loader_kwargs)
     val_loader = DataLoader(val_set, shuffle=False, generator=torch.Generator().manual_seed(seed), **loader_kwargs)
 
-    weights = LossWeights(**{k: type(v)(cfg.loss[k]) for k, v in asdict(LossWeights()).items()})
+    weights = loss_weights(cfg)
     objective = TrainingObjective(model, weights, frame).to(device)
     log.info("target frame: %s (%s)", frame, "the structure in its own cube, placed by the predicted pose"
              if frame == "object" else "the scan's own grid, identity pose")

@@ -168,8 +168,7 @@ def export_slice_png(image_path: str | Path, label_path: str | Path, axis: int, 
     label = load_matching_label(label_path, image)
     view = canonical_slice(image, axis, slice_idx, spacing_mm, None, image_path)
     canon_label = np.rint(canonical_resampled(label, spacing_mm, order=0).data).astype(np.int64)
-    windows = np.stack([to_display(w) for w in take_slice(window_ct(view.image.data), view.axis, view.index,
-                                                            leading=1)])
+    windows = np.stack([to_display(w) for w in window_ct(take_slice(view.image.data, view.axis, view.index))])
     labels = to_display(take_slice(canon_label, view.axis, view.index))
     present = [c for c in sorted(class_names) if (labels == c).any()]
     if not present:
