@@ -256,7 +256,8 @@ def add_comparison_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--axis", type=int, default=2, help=STORED_AXIS_HELP)
     p.add_argument("--label", default=None, help="ground-truth labels on the scan's grid: every structure on the slice is "
                                                  "reconstructed and compared")
-    p.add_argument("--mask", default=None, help="without --label: PNG mask of one structure on the slice (with --class)")
+    p.add_argument("--mask", default=None, help="without --label: PNG mask of one structure on the slice (with --class), in "
+                   "display orientation on the model's grid (as export-slice writes it)")
     p.add_argument("--class", dest="class_id", type=int, default=None, help="label value of the --mask structure")
     p.add_argument("--output", default="results/comparison.png", help="the comparison grid (meshes go beside it)")
     p.add_argument("--slices_per_axis", type=int, default=3, help="columns per axis in the grid")
@@ -425,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="the scan (NIfTI)")
     p.add_argument("--axis", type=int, required=True, help=STORED_AXIS_HELP)
     p.add_argument("--slice_idx", type=int, required=True, help=STORED_INDEX_HELP)
-    p.add_argument("--mask", default=None, help="PNG mask of the structure on that slice (rows x columns of the slice)")
+    p.add_argument("--mask", default=None, help="PNG mask of the structure on that slice, in display orientation on the model's "
+                   "grid (as export-slice writes masks/NN_<class>.png)")
     p.add_argument("--label", default=None, help="label volume on the scan's grid (with --class)")
     p.add_argument("--class", dest="class_id", type=int, default=None, help="label value of the structure")
     p.add_argument("--out", required=True, help="predicted mask, NIfTI with the scan's affine")

@@ -84,8 +84,9 @@ def test_every_masked_pixel_points_into_its_class(cache_dir, augment, frame):
     masked pixel lies in a voxel of that class, in the crop (denormalised) and in the full frame."""
     manifest = load_manifest(cache_dir)
     case = manifest["cases"][2]
+    # the decoder's output side: the object cube's cells, or in the volume frame the grid (64^3 crops)
     ds = SliceClassDataset(cache_dir, manifest, [case["case_id"]], (40, 40), augment=augment, seed=1, frame=frame,
-                           cube_resolution=16)
+                           cube_resolution=16 if frame == "object" else 64)
     affine_inv = np.linalg.inv(np.array(case["affine"]))
     sdf = np.load(cache_dir / case["sdf_path"])
     for index in range(0, len(ds), max(1, len(ds) // 12)):

@@ -12,6 +12,7 @@ from sam3d_med.eval.metrics import segmentation_metrics
 from sam3d_med.data.geometry import voxel_to_world
 from sam3d_med.eval.predict import back_to_input_grid, canonical_resampled
 from sam3d_med.io.nifti import Volume, load_volume, save_volume
+from sam3d_med.viz.finetuned import export_slice_png
 
 
 def world_centroid_mm(mask, affine):
@@ -63,12 +64,18 @@ def test_predict_command_writes_nifti_on_the_scan_grid(trained, tmp_path):
     assert prob.get_data_dtype() == np.float32 and np.allclose(prob.affine, image.affine)
     if "prediction is empty" not in done.stderr:
         assert trimesh.load(tmp_path / "pred.ply").is_watertight
-    # the same slice given as a PNG mask (rows x columns of the stored slice)
-    mpimg.imsave(tmp_path / "mask.png", (label[:, :, index] == 2).astype(np.float32), cmap="gray")
-    png = subprocess.run(base + ["--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "pred_png.nii.gz")],
+    # the same slice given as the PNG mask export-slice writes (display orientation, the model's grid)
+    written = export_slice_png(files["image"], files["label"], axis, index, tmp_path / "png", {2: "left_ventricle"})
+    png = subprocess.run(base + ["--mask", str(written["masks"][0]), "--out", str(tmp_path / "pred_png.nii.gz")],
                          capture_output=True, text=True, timeout=300)
     assert png.returncode == 0, png.stderr
     assert np.array_equal(np.asarray(nib.load(tmp_path / "pred_png.nii.gz").dataobj), np.asarray(pred.dataobj))
+    # the stored slice's array order (transposed against the display) is refused with the size it needs
+    mpimg.imsave(tmp_path / "stored.png", (label[:, :, index] == 2).astype(np.float32), cmap="gray")
+    wrong = subprocess.run(base + ["--mask", str(tmp_path / "stored.png"), "--out", str(tmp_path / "x.nii.gz")],
+                           capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 1 and "in display orientation (`sam3d-med export-slice`" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
     bad = subprocess.run(base[:-4] + ["--slice_idx", "999", "--axis", "2", "--device", "cpu", "--label", str(files["label"]),
                                       "--class", "2", "--out", str(tmp_path / "x.nii.gz")], capture_output=True, text=True)
     assert bad.returncode == 1 and "outside" in bad.stderr and "Traceback" not in bad.stderr

@@ -20,6 +20,7 @@ from sam3d_med.eval.runner import EvalOptions, evaluate
 from sam3d_med.train.trainer import load_model_from_checkpoint
 from sam3d_med.viz.finetuned import export_slice_png, reconstruct_from_png
 from sam3d_med.viz.report import write_report
+from sam3d_med.viz.slices import to_display
 from tests.conftest import assert_png_not_blank
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,9 +65,9 @@ def test_visualize_comparison_tutorial_command(trained, scan, tmp_path):
         assert np.linalg.norm(mesh.center_mass - centre) < 3.0
     assert "Dice" in done.stdout
 
-    # without ground truth: one structure from a mask PNG, no truth rows
+    # without ground truth: one structure from a mask PNG (display orientation; RAS 3 mm: the model's grid)
     mask = tmp_path / "mask.png"
-    mpimg.imsave(mask, (labels[:, :, 32] == 2).astype(np.float32), cmap="gray")
+    mpimg.imsave(mask, to_display(labels[:, :, 32] == 2).astype(np.float32), cmap="gray")
     done = run(REPO / "scripts" / "visualize_comparison.py", "--checkpoint", trained / "ckpt" / "best.pt", "--volume", image,
                "--slice_idx", 32, "--axis", 2, "--output", tmp_path / "nolabel.png", "--mask", mask, "--class", 2,
                "--steps", 2, "--device", "cpu")

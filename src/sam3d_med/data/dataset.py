@@ -12,7 +12,10 @@ The pointmaps depend on the target frame (``FRAMES``):
   The targets are the structure in its own cube and the pose of that cube (``object_frame``).
 - ``volume`` (the earlier formulation, kept for comparison): the crop's pointmap normalised
   object-centrically over its masked pixels, the full frame's in volume grid coordinates in [-1, 1]
-  (where the slice lies in the 64^3 grid that the output occupancy is then defined on).
+  (where the slice lies in the 64^3 grid that the output occupancy is then defined on). A case whose
+  grid is not 64^3 is seen through the 64^3 window around its labelled structures
+  (``volume_window``): inputs, targets, affine and slice index are the window's, and
+  ``window_start`` (3,) says where it lies in the case's grid.
 The normalisation is returned with the sample (``pointmap_shift`` in mm, ``pointmap_scale`` in mm:
 world mm = pointmap * scale + shift). Targets on the cache's canonical grid: ``occupancy``
 (1, I, J, K) = label == class and ``sdf`` (1, I, J, K) in mm; ``axis``/``slice_idx`` locate the
@@ -38,11 +41,15 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..io.npz import read_npz
-from .geometry import take_slice
+from .geometry import take_slice, world_grid
 from .object_frame import DEFAULT_CUBE_MARGIN, ObjectCube, cube_sdf_mm, normalisation_of_slice, object_cube
+from .crop import AIR_HU
 from .preprocess import load_manifest  # noqa: F401 (imported from here by callers)
+from .preprocess import window_ct
+from .volume_window import VolumeWindow, window_around
 
 BOX_FACTOR = 1.2
+AIR_WINDOWS = window_ct(np.full((1, 1, 1), AIR_HU))[:, 0, 0, 0]  # air in each CT window: the image's padding
 FRAMES = ("object", "volume")
 # What one pass over the dataset is: "pairs", every (case, class) pair once, each time with a slice
 # drawn afresh among those where the class has at least min_pixels (any cached axis), seeded by
@@ -215,6 +222,12 @@ class SliceClassDataset(Dataset):
         self.pairs = [(case_id, cls, entries) for (case_id, cls), entries in sorted(by_pair.items())]
         self._sdf_cache: dict[str, np.ndarray] = {}
         self._cubes: dict[tuple[str, int], ObjectCube] = {}
+        # volume frame: each case seen through the decoder's n^3 window around its structures (the
+        # identity for an n^3 crop); found here, so a case that cannot fit stops the run at its start
+        self.windows: dict[str, VolumeWindow] = {}
+        if self.frame == "volume":
+            self.windows = {case_id: case_volume_window(self._sdf(case_id), self.cube_resolution, case_id)
+                            for case_id in sorted(self.cases)}
 
     def __len__(self) -> int:
         return len(self.pairs) if self.epoch_mode == "pairs" else len(self.samples)
@@ -247,6 +260,13 @@ class SliceClassDataset(Dataset):
             self._cubes[key] = object_cube(np.asarray(self._sdf(case_id)[cls - 1]) < 0, affine, self.cube_margin)
         return self._cubes[key]
 
+    @staticmethod
+    def _into_window(window: VolumeWindow, axis: int, slice_idx: int, affine: np.ndarray):
+        index = window.slice_index(axis, slice_idx)
+        if index is None:  # window_around holds every labelled voxel, and cached slices have some
+            raise InputError(f"slice {slice_idx} along axis {axis} is outside the volume frame's window")
+        return index, window.affine(affine), window.shape
+
     def __getitem__(self, index: int) -> dict:
         case_id, entry, cls = self.sample_at(index)
         path = self.cache_dir / entry["file"]
@@ -263,8 +283,20 @@ class SliceClassDataset(Dataset):
             scale = rng.uniform(*self.augment.scale_range)
             jitter = (rng.uniform(*self.augment.contrast_range), rng.uniform(-1, 1) * self.augment.brightness)
         shape = tuple(self.cases[case_id]["shape_ijk"])
-        sample = condition_inputs(image, mask, pointmap, affine, shape, self.size, angle, scale, jitter, self.frame)
+        slice_idx = int(entry["slice_idx"])
         sdf_volume = np.array(self._sdf(case_id)[cls - 1], dtype=np.float32)
+        window = self.windows.get(case_id)
+        if window is not None and not window.is_identity:  # volume frame, a case that is not n^3
+            slice_idx, affine, shape = self._into_window(window, int(entry["axis"]), slice_idx, affine)
+            image = torch.from_numpy(np.stack([window.take_plane(channel, int(entry["axis"]), air)
+                                               for channel, air in zip(image.numpy(), AIR_WINDOWS)]))
+            mask = torch.from_numpy(window.take_plane(mask.numpy(), int(entry["axis"]), 0.0))
+            pointmap = torch.from_numpy(take_slice(world_grid(shape, affine, np.float32), int(entry["axis"]), slice_idx,
+                                                   leading=1).copy())
+            sdf_volume = window.take(sdf_volume, None, edge=True)
+        sample = condition_inputs(image, mask, pointmap, affine, shape, self.size, angle, scale, jitter, self.frame)
+        if window is not None:
+            sample["window_start"] = torch.tensor(window.start, dtype=torch.long)
         sdf = torch.from_numpy(sdf_volume)[None]
         if self.frame == "object":
             cube = self.cube(case_id, cls)
@@ -279,9 +311,18 @@ class SliceClassDataset(Dataset):
         return {
             **sample,
             "occupancy": (sdf < 0).float(), "sdf": sdf, "affine": torch.from_numpy(np.asarray(affine, dtype=np.float64)),
-            "axis": int(entry["axis"]), "slice_idx": int(entry["slice_idx"]), "class_id": cls,
+            "axis": int(entry["axis"]), "slice_idx": slice_idx, "class_id": cls,
             "case_index": self.case_index[case_id],
         }
+
+
+def case_volume_window(sdf: np.ndarray, side: int, case_id: str) -> VolumeWindow:
+    """The volume frame's ``side``^3 window of a case (``volume_window``) around all its labelled
+    structures (``sdf`` (C, I, J, K) signed distances, negative inside)."""
+    inside = (np.asarray(sdf) < 0).any(axis=0)
+    if not inside.any():  # nothing labelled: the case gives no sample, any window will do
+        return VolumeWindow(tuple((n - side) // 2 for n in inside.shape), side, inside.shape)
+    return window_around(inside, side, f"case {case_id}: its structures")
 
 
 def cached_case_volumes(cache_dir: str | Path, case: dict, channel: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -5,13 +5,15 @@ Geometry, step by step:
    slice is ``slice_idx`` along array ``axis`` **of the file as stored** (what a viewer shows).
 2. The image follows preprocessing: RAS+ canonical order, resampling to the model's spacing. The
    conditioning slice is the canonical slice through the world position of the stored slice's
-   centre; its mask samples the stored 2-D mask (a PNG mask is the stored slice's [h, w] pixel grid:
-   rows along the first remaining array axis, columns along the second) at each canonical pixel's
-   in-plane position, nearest pixel.
+   centre; a mask from a label volume samples the stored slice at each canonical pixel's in-plane
+   position (nearest pixel). A PNG mask is given on the canonical slice itself, in display
+   orientation, as every PNG of the tool (``export-slice`` writes them; ``viz.slices.to_display``).
 3. The model's inputs are built from that slice exactly as in training (``condition_inputs``).
 4. The reconstruction is brought onto the canonical grid: in the object frame the predicted shape
    (its own cube) is placed by the predicted pose (``model.placement``), any grid size; in the volume
-   frame the decoded grid is the canonical grid, which must then be 64^3. By default the input
+   frame the decoded grid is a 64^3 window of the canonical grid (``volume_frame_view``: the whole
+   grid for a 64^3 crop; otherwise placed around the labelled structures as in training, or around
+   the input mask when only a mask is given), padded with air beyond the scan. By default the input
    plane is then set to the input mask (``impose_input_slice``): that slice is given, not predicted.
 5. The probability is sampled back at the world position of every voxel of the scan's own grid
    (linear interpolation), so the output NIfTI has the scan's shape, affine and orientation and
@@ -31,14 +33,17 @@ import numpy as np
 import torch
 from scipy import ndimage, special
 
+from ..data.crop import AIR_HU
 from ..data.dataset import condition_inputs
 from ..data.geometry import resample_isotropic, take_slice, voxel_to_world, world_grid, world_to_voxel
 from ..data.preprocess import window_ct
+from ..data.volume_window import VolumeWindow, window_around, window_around_plane
 from ..data.surfaces import mask_surface_mesh, mesh_obj_text, voxel_volume_mm3
 from ..errors import InputError
 from ..io.atomic import atomic_path, atomic_write_text
-from ..io.nifti import Volume, grid_mismatch, load_volume, save_volume
+from ..io.nifti import Volume, grid_mismatch, load_volume, save_volume, voxel_spacing_mm
 from ..model.placement import grid_points_mm, impose_input_slice, reconstruct_on_grid
+from ..viz.slices import from_display
 
 
 def read_mask_png(path: Path, shape_hw: tuple[int, int] | None = None) -> np.ndarray:
@@ -53,7 +58,7 @@ def read_mask_png(path: Path, shape_hw: tuple[int, int] | None = None) -> np.nda
         pixels = pixels[..., :3].max(axis=-1)
     if shape_hw is not None and pixels.shape != shape_hw:
         raise InputError(f"{path}: mask is {pixels.shape[0]}x{pixels.shape[1]} pixels, the slice is "
-                         f"{shape_hw[0]}x{shape_hw[1]} (rows x columns of the stored slice)")
+                         f"{shape_hw[0]}x{shape_hw[1]} (rows x columns, display orientation)")
     return pixels > 0.5 * pixels.max() if pixels.max() > 0 else pixels > 0
 
 
@@ -91,6 +96,28 @@ class CanonicalSlice:
                                           mode="constant", cval=0.0)
         return sampled > 0.5
 
+    def mask_from_display_png(self, path: str | Path) -> np.ndarray:
+        """A PNG mask of this slice in display orientation on the model's grid (the frame of every PNG
+        of the tool: ``export-slice`` writes its masks so) -> bool [H, W] of the canonical slice."""
+        plane_shape = take_slice(self.image.data, self.axis, self.index).shape
+        display_hw = plane_shape[::-1]  # ``to_display``: rows along the plane's second axis, flipped
+        mask_display = read_mask_png(Path(path))
+        if mask_display.shape != display_hw:
+            raise InputError(f"{path}: mask is {mask_display.shape[0]}x{mask_display.shape[1]} pixels; this slice on the "
+                             f"model's {voxel_spacing_mm(self.image.affine)[0]:g} mm grid is {display_hw[0]}x{display_hw[1]} "
+                             f"in display orientation (`sam3d-med export-slice` writes the image and masks in that "
+                             f"frame; or give --label with a label volume)")
+        return from_display(mask_display)
+
+    def windowed(self, window: VolumeWindow) -> "CanonicalSlice":
+        """This slice seen through a volume-frame window of the canonical grid (``data.volume_window``)."""
+        index = window.slice_index(self.axis, self.index)
+        if index is None:
+            raise InputError("the input slice lies outside the volume frame's window around the labelled structures")
+        image = Volume(data=window.take(self.image.data, AIR_HU), affine=window.affine(self.image.affine))
+        # pixels of the window beyond the scan have no stored pixel: coordinates far outside it
+        return CanonicalSlice(image, self.axis, index, window.take_plane(self.stored_in_plane, self.axis, -1.0e6))
+
     def model_inputs(self, mask_canonical: np.ndarray, crop_size: int, frame: str) -> dict:
         """``condition_inputs`` of this slice with a canonical-grid mask [H, W] (as in training)."""
         image3 = take_slice(window_ct(self.image.data), self.axis, self.index, leading=1)
@@ -110,21 +137,14 @@ def slice_model_inputs(image3_plane: np.ndarray, mask_plane: np.ndarray, affine:
                             crop_size, frame=frame)
 
 
-def canonical_slice(image: Volume, axis: int, slice_idx: int, spacing_mm: float, resolution: int | None,
-                    source: str | Path = "the image") -> CanonicalSlice:
-    """The stored slice ``slice_idx`` along stored ``axis`` on the model's grid (see module doc).
-    ``resolution``: the side the canonical grid must have (the volume frame's n^3), or None (object
-    frame: any grid)."""
+def canonical_slice(image: Volume, axis: int, slice_idx: int, spacing_mm: float) -> CanonicalSlice:
+    """The stored slice ``slice_idx`` along stored ``axis`` on the model's grid (see module doc)."""
     if axis not in (0, 1, 2):
         raise InputError(f"--axis must be 0, 1 or 2 (got {axis})")
     if not 0 <= slice_idx < image.data.shape[axis]:
         raise InputError(f"--slice_idx {slice_idx} is outside the image's {image.data.shape[axis]} slices along axis {axis}")
     canon_image = canonical_resampled(image, spacing_mm, order=1)
     shape = canon_image.data.shape
-    if resolution is not None and shape != (resolution,) * 3:
-        raise InputError(f"{source}: at {spacing_mm} mm the volume is {shape}; the model predicts a "
-                         f"{resolution}^3 grid: crop the scan around the heart to {resolution}^3 voxels of {spacing_mm} mm "
-                         f"(as the training data)")
     # The stored array axis becomes canonical axis ornt[axis, 0]; the canonical slice is the one through
     # the stored slice's centre.
     canon_axis = int(nib.io_orientation(image.affine)[axis, 0])
@@ -135,6 +155,22 @@ def canonical_slice(image: Volume, axis: int, slice_idx: int, spacing_mm: float,
     points_world = take_slice(world_grid(shape, canon_image.affine), canon_axis, index, leading=1)
     stored = world_to_voxel(np.moveaxis(points_world, 0, -1), image.affine)  # (H, W, 3) stored voxel coords
     return CanonicalSlice(canon_image, canon_axis, index, np.moveaxis(np.delete(stored, axis, axis=-1), -1, 0))
+
+
+def volume_frame_view(view: CanonicalSlice, masks_canonical: list[np.ndarray], side: int,
+                      labels_canonical: np.ndarray | None = None
+                      ) -> tuple[CanonicalSlice, list[np.ndarray], VolumeWindow]:
+    """Volume frame: the slice and its masks ([H, W] on the canonical grid) seen through the model's
+    ``side``^3 window, placed as in training around all labelled structures when a label volume is
+    given (``labels_canonical`` [i, j, k] on the canonical grid), otherwise around the input masks
+    (their in-plane box; through the plane, centred on the slice: all a mask tells). The result's
+    grid is the window's (returned too); ``back_to_input_grid`` maps it back by world position."""
+    shape = view.image.data.shape
+    if labels_canonical is not None and (labels_canonical > 0).any():
+        window = window_around(labels_canonical > 0, side, "the labelled structures")
+    else:
+        window = window_around_plane(np.any(masks_canonical, axis=0), view.axis, view.index, shape, side)
+    return view.windowed(window), [window.take_plane(m, view.axis, False) for m in masks_canonical], window
 
 
 @dataclass
@@ -211,9 +247,7 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
     ``input_slice``: the prediction on the input plane is the input mask (module doc, step 4). An
     empty prediction still writes the NIfTI outputs (no mesh) and returns a ``warning``."""
     image = load_volume(image_path, "image", canonical=False)
-    view = canonical_slice(image, axis, slice_idx, spacing_mm,
-                           model.cfg.occupancy_resolution if frame == "volume" else None, image_path)
-    plane_shape = tuple(n for a, n in enumerate(image.data.shape) if a != axis)
+    view = canonical_slice(image, axis, slice_idx, spacing_mm)
     if label_path is not None:
         if class_id is None:
             raise InputError("--label needs --class (the label value to reconstruct)")
@@ -229,15 +263,18 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
             raise InputError(f"--class {class_id} is not on slice {slice_idx} along axis {axis}: it occurs on slices "
                              f"{where.min()}..{where.max()} along that axis (largest: "
                              f"{int(np.argmax(np.moveaxis(present, axis, 0).sum(axis=(1, 2))))})")
+        mask_canon = view.mask_from_stored(mask_plane)
     elif mask_png is not None:
-        mask_plane = read_mask_png(Path(mask_png), plane_shape)
+        mask_canon = view.mask_from_display_png(mask_png)
+        if not mask_canon.any():
+            raise InputError(f"{mask_png}: the mask is empty")
     else:
         raise InputError("give the structure's mask: --mask slice-mask.png, or --label case-label.nii.gz --class N")
-    if not mask_plane.any():
-        raise InputError(f"the mask is empty on slice {slice_idx} along axis {axis}")
-    mask_canon = view.mask_from_stored(mask_plane)
     if not mask_canon.any():
         raise InputError("the mask does not reach any pixel of the model's grid (too small for its spacing)")
+    if frame == "volume":
+        labels_canonical = None if label_path is None else canonical_resampled(label, spacing_mm, order=0).data
+        view, (mask_canon,), _ = volume_frame_view(view, [mask_canon], model.cfg.occupancy_resolution, labels_canonical)
     reconstruction = reconstruct_logits(
         model, [view.model_inputs(mask_canon, crop_size, frame)], view.image.data.shape, view.image.affine, frame=frame,
         seed=seed, sampler=sampler, device=device,

@@ -5,7 +5,8 @@ conditioning slice is chosen by ``policy`` ("max_area": the slice with the large
 the default; "center": the slice through the class's centroid). The model samples a reconstruction
 (steps, guidance and seed from the checkpoint's model settings unless overridden), brought onto the
 case's grid in the checkpoint's target frame (object frame: the predicted shape placed by the
-predicted pose, ``model.placement``), its input plane set to the input mask unless
+predicted pose, ``model.placement``; volume frame: the case's n^3 window around its structures,
+``data.volume_window``, put back on the case's grid), its input plane set to the input mask unless
 ``input_slice_constraint`` is off (that slice is given, not predicted), thresholded at logit 0
 (probability 0.5), and scored against the ground truth on the case's grid with its spacing
 (``metrics.segmentation_metrics``). Sampler settings: the model's, overridden by the
@@ -43,7 +44,7 @@ from ..data.preprocess import case_fingerprint
 from ..data.geometry import bounding_box
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_json, atomic_write_text
-from ..model.placement import grid_points_mm, impose_input_slice, reconstruct_on_grid
+from ..model.placement import SLICE_LOGIT, grid_points_mm, impose_input_slice, reconstruct_on_grid
 from ..train.losses import CONDITION_KEYS
 from ..train.trainer import load_model_from_checkpoint, sampler_settings
 from .metrics import DEFAULT_NSD_TOLERANCES_MM, NSD_DEFINITIONS, segmentation_metrics, summarize
@@ -262,6 +263,10 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                 position += 1
                 truth = batch["occupancy"][b, 0].numpy() > 0.5
                 model_logits = logits[b].float().cpu().numpy()
+                if frame == "volume":  # from the case's n^3 window back onto its grid (the same grid when n^3)
+                    window = dataset.windows[case["case_id"]]
+                    truth = window.put_back(truth, False)
+                    model_logits = window.put_back(model_logits, -SLICE_LOGIT)
                 if options.save_viz and entry["axis"] == viz_axis:
                     viz_logits[cls] = model_logits
                     viz_slices[cls] = entry["slice_idx"]

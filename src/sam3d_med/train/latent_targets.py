@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.dataset import case_volume_window
 from ..data.object_frame import DEFAULT_CUBE_MARGIN, cube_sdf_mm, object_cube
 from ..errors import InputError
 from ..io.atomic import atomic_save_npy, atomic_write_json
@@ -142,17 +143,14 @@ def targets_folder(cache_dir: str | Path, decoder: torch.nn.Module, settings: In
 def case_occupancies(cache_dir: Path, case: dict, frame: str, resolution: int,
                      cube_margin: float = DEFAULT_CUBE_MARGIN) -> np.ndarray:
     """(C, n, n, n) bool, the case's classes: in the object frame each in its own cube of n^3 cells
-    (a class absent from the case: all False), in the volume frame on the case's grid (the cache's
-    signed distances < 0; the grid must then be n^3)."""
+    (a class absent from the case: all False), in the volume frame on the case's n^3 window
+    (``dataset.case_volume_window``; the cache's signed distances < 0)."""
     path = cache_dir / case["sdf_path"]
     if not path.is_file():
         raise InputError(f"{path}: signed distance file missing from the cache")
     sdf = np.asarray(np.load(path, mmap_mode="r"))
-    if frame == "volume":
-        if sdf.shape[1:] != (resolution,) * 3:
-            raise InputError(f"case {case['case_id']}: grid {sdf.shape[1:]} is not the decoder's {resolution}^3 output "
-                             f"(the volume frame needs {resolution}^3 crops)")
-        return sdf < 0
+    if frame == "volume":  # the case's n^3 window around its structures (the case's grid when n^3)
+        return case_volume_window(sdf, resolution, case["case_id"]).take(sdf < 0, False)
     affine = np.asarray(case["affine"], dtype=np.float64)
     out = np.zeros((sdf.shape[0],) + (resolution,) * 3, dtype=bool)
     for k in range(sdf.shape[0]):

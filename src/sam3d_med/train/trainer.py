@@ -487,12 +487,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     manifest = load_manifest(cfg.data.slice_cache_dir)
     train_ids, val_ids = split_cases([c["case_id"] for c in manifest["cases"]], float(cfg.data.val_fraction), seed)
-    side = model.cfg.occupancy_resolution
-    other = [c for c in manifest["cases"] if tuple(c["shape_ijk"]) != (side,) * 3] if frame == "volume" else []
-    if other:  # the volume frame predicts the scan's own grid: it must be the model's
-        raise InputError(f"{cfg.data.slice_cache_dir}: the volume frame needs every case on the model's {side}^3 grid, "
-                         f"{other[0]['case_id']} is {'x'.join(map(str, other[0]['shape_ijk']))}: use "
-                         f"data.target_frame=object (any grid), or preprocess with --crop {side}")
     latent_dir = prepare_latent_targets(model, cfg, manifest, train_ids + val_ids, ranks, identity)
     crop = tuple(int(x) for x in cfg.data.preprocess_crop_size)
     augment = Augmentation() if cfg.data.augment else None

@@ -18,8 +18,8 @@ from ..data.preprocess import window_ct
 from ..data.surfaces import mask_surface_mesh, signed_distance_mm
 from ..errors import InputError
 from ..eval.metrics import segmentation_metrics
-from ..eval.predict import (canonical_resampled, canonical_slice, load_matching_label, read_mask_png,
-                            reconstruct_logits, surface_of_logits, write_mesh)
+from ..eval.predict import (canonical_resampled, canonical_slice, load_matching_label,
+                            reconstruct_logits, surface_of_logits, volume_frame_view, write_mesh)
 from ..io.atomic import atomic_save_npz
 from ..io.npz import read_npz
 from ..io.nifti import load_volume, voxel_spacing_mm
@@ -89,12 +89,11 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
 
     With ``label_path`` (ground truth on the scan's grid) every class present on the slice is
     reconstructed from its mask there, and the figure has truth and error rows; without it, one
-    structure from ``mask_png`` (the stored slice's rows x columns) labelled ``class_id``. The
+    structure from ``mask_png`` (display orientation on the model's grid, as ``export-slice``
+    writes it) labelled ``class_id``. The
     meshes go next to ``output_png`` (``<stem>_class<c>_pred.obj`` / ``_true.obj``)."""
     image = load_volume(image_path, "image", canonical=False)
-    view = canonical_slice(image, axis, slice_idx, spacing_mm,
-                           model.cfg.occupancy_resolution if frame == "volume" else None, image_path)
-    plane_shape = tuple(n for a, n in enumerate(image.data.shape) if a != axis)
+    view = canonical_slice(image, axis, slice_idx, spacing_mm)
     true_labels = None
     if label_path is not None:
         label = load_matching_label(label_path, image)
@@ -106,14 +105,21 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
     elif mask_png is not None:
         if class_id is None:
             raise InputError("--mask needs --class (the label value of the structure, for its colour and name)")
-        masks = {int(class_id): read_mask_png(Path(mask_png), plane_shape)}
+        canonical_masks = {int(class_id): view.mask_from_display_png(mask_png)}
     else:
         raise InputError("give the structures' masks: --label case-label.nii.gz, or --mask slice-mask.png --class N")
-    canonical_masks = {c: view.mask_from_stored(m) for c, m in masks.items()}
+    if label_path is not None:
+        canonical_masks = {c: view.mask_from_stored(m) for c, m in masks.items()}
     canonical_masks = {c: m for c, m in canonical_masks.items() if m.any()}
     if not canonical_masks:
         raise InputError("the masks do not reach any pixel of the model's grid (too small for its spacing)")
     classes = sorted(canonical_masks)
+    if frame == "volume":  # the model's 64^3 window of the grid; truth and figures on the same window
+        view, windowed, window = volume_frame_view(view, [canonical_masks[c] for c in classes],
+                                                   model.cfg.occupancy_resolution, true_labels)
+        canonical_masks = dict(zip(classes, windowed))
+        if true_labels is not None:
+            true_labels = window.take(true_labels, 0)
     reconstructions = reconstruct_logits(
         model, [view.model_inputs(canonical_masks[c], crop_size, frame) for c in classes], view.image.data.shape,
         view.image.affine, frame=frame, seed=seed, sampler=sampler, device=device, batch_size=batch_size,

@@ -166,7 +166,7 @@ def export_slice_png(image_path: str | Path, label_path: str | Path, axis: int, 
     out_dir = Path(out_dir)
     image = load_volume(image_path, "image", canonical=False)
     label = load_matching_label(label_path, image)
-    view = canonical_slice(image, axis, slice_idx, spacing_mm, None, image_path)
+    view = canonical_slice(image, axis, slice_idx, spacing_mm)
     canon_label = np.rint(canonical_resampled(label, spacing_mm, order=0).data).astype(np.int64)
     windows = np.stack([to_display(w) for w in window_ct(take_slice(view.image.data, view.axis, view.index))])
     labels = to_display(take_slice(canon_label, view.axis, view.index))
