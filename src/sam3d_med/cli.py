@@ -171,8 +171,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--save_viz", action="store_true", help="per-case comparison figures and surfaces in visualizations/ (for the report)")
     p.add_argument("--no_slice_constraint", action="store_true",
-                   help="score the model's own prediction on the input plane (default: it is set to the input mask, "
-                        "which is given, not predicted)")
+                   help="score the model's own prediction: its own pose and its own input plane (default: the pose is "
+                        "fitted to the input slice and the plane set to the input mask, which is given, not predicted)")
+    p.add_argument("--no_pose_fit", action="store_true",
+                   help="keep the model's own pose (default: fitted to the input slice's mask, object frame)")
 
 
 def cmd_eval(args) -> int:
@@ -183,6 +185,7 @@ def cmd_eval(args) -> int:
     options = EvalOptions(policy=args.policy, steps=args.steps, guidance=args.guidance, seed=args.seed,
                           batch_size=args.batch_size, train_cache=args.train_cache, max_cases=args.max_cases,
                           save_viz=args.save_viz, input_slice_constraint=not args.no_slice_constraint,
+                          pose_fit=not (args.no_pose_fit or args.no_slice_constraint),
                           nsd_definition=args.nsd_definition)
     document = evaluate(args.checkpoint, args.data_root, args.output_dir, options, device=str(device))
     print(summary_table(document))
@@ -204,8 +207,10 @@ def add_inference_arguments(p: argparse.ArgumentParser, checkpoint_flags=("--che
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no_slice_constraint", action="store_true",
-                   help="keep the model's own prediction on the input plane (default: set it to the input mask, "
-                        "which is given, not predicted)")
+                   help="keep the model's own prediction: its own pose and its own input plane (default: the pose is "
+                        "fitted to the input slice and the plane set to the input mask, which is given, not predicted)")
+    p.add_argument("--no_pose_fit", action="store_true",
+                   help="keep the model's own pose (default: fitted to the input slice's mask, object frame)")
 
 
 def load_for_inference(args) -> dict:
@@ -218,7 +223,8 @@ def load_for_inference(args) -> dict:
     return {"model": model, "sampler": sampler_settings(model.cfg.sampler, config.get("validation", {}), args.steps,
                                                         args.guidance),
             "crop_size": int(config["data"]["preprocess_crop_size"][0]), "seed": args.seed, "device": str(device),
-            "frame": config["data"].get("target_frame", "volume"), "input_slice": not args.no_slice_constraint}
+            "frame": config["data"].get("target_frame", "volume"), "input_slice": not args.no_slice_constraint,
+            "pose_fit": not (args.no_pose_fit or args.no_slice_constraint)}
 
 
 def cmd_predict(args) -> int:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from sam3d_med.data.dataset import load_manifest
-from sam3d_med.eval.runner import EvalOptions, TrainingPriors, choose_slices, evaluate
+from sam3d_med.data.dataset import choose_slices
+from sam3d_med.eval.runner import EvalOptions, TrainingPriors, evaluate
 from sam3d_med.errors import InputError
 from sam3d_med.viz.comparison import case_surfaces, load_case_volumes
 from tests.conftest import assert_png_not_blank

@@ -55,6 +55,29 @@ FRAMES = ("object", "volume")
 # drawn afresh among those where the class has at least min_pixels (any cached axis), seeded by
 # (seed, epoch, index); "slices", every (slice, class) sample of the cache (exhaustive).
 EPOCH_MODES = ("pairs", "slices")
+# Which slice of each (case, class, axis) the evaluation conditions on (``choose_slices``); validation
+# uses the evaluation's default, so that best.pt is chosen by what the evaluation then measures.
+POLICIES = ("max_area", "center")
+
+
+def choose_slices(case: dict, axes, policy: str) -> list[tuple[dict, int]]:
+    """(slice entry, class) per class present in the case and per axis, chosen by ``policy``."""
+    chosen = []
+    for cls in sorted(int(c) for c, n in case["class_voxel_counts"].items() if n > 0):
+        for axis in axes:
+            entries = [e for e in case["slices"] if e["axis"] == axis and e["class_pixel_counts"].get(str(cls), 0) > 0]
+            if not entries:
+                continue
+            if policy == "max_area":
+                best = max(entries, key=lambda e: (e["class_pixel_counts"][str(cls)], -e["slice_idx"]))
+            elif policy == "center":
+                weights = np.array([e["class_pixel_counts"][str(cls)] for e in entries], dtype=np.float64)
+                centroid = float(np.average([e["slice_idx"] for e in entries], weights=weights))
+                best = min(entries, key=lambda e: (abs(e["slice_idx"] - centroid), e["slice_idx"]))
+            else:
+                raise InputError(f"--policy must be one of {POLICIES}")
+            chosen.append((best, cls))
+    return chosen
 
 
 def split_cases(case_ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:

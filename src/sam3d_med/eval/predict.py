@@ -193,23 +193,28 @@ def cube_affine(rotation: np.ndarray, translation_mm: np.ndarray, scale_mm: np.n
 
 def reconstruct_logits(model, inputs: list[dict], shape_ijk, affine: np.ndarray, *, frame: str, seed: int = 0,
                        sampler=None, device: str = "cpu", batch_size: int = 8,
-                       input_slices: Sequence[tuple[int, int, np.ndarray]] | None = None) -> list[Reconstruction]:
+                       input_slices: Sequence[tuple[int, int, np.ndarray]] | None = None,
+                       pose_fit: bool = True) -> list[Reconstruction]:
     """N ``condition_inputs`` -> N reconstructions on the grid (``shape_ijk``, ``affine``), in batches.
 
-    ``input_slices``: per input, (axis, index, mask [H, W]) of its slice on that grid; given, the
+    ``input_slices``: per input, (axis, index, mask [H, W]) of its slice on that grid; given, the pose
+    is fitted to it unless ``pose_fit`` is off (object frame, ``fit_pose_to_input_planes``) and the
     prediction on that plane is set to the mask (``impose_input_slice``)."""
     points = grid_points_mm(shape_ijk, affine, device) if frame == "object" else None
     out = []
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start:start + batch_size]
         batch = {k: torch.stack([item[k] for item in chunk]).to(device) for k in chunk[0]}
+        planes = input_slices[start:start + batch_size] if input_slices is not None else None
+        if planes is not None:
+            planes = ([a for a, _, _ in planes], [i for _, i, _ in planes],
+                      [torch.from_numpy(np.asarray(m, dtype=np.float32)) for _, _, m in planes])
         with torch.no_grad():
-            result = reconstruct_on_grid(model, batch, frame, points, seed=seed, sampler=sampler)
+            result = reconstruct_on_grid(model, batch, frame, points, seed=seed, sampler=sampler,
+                                         input_planes=planes if pose_fit else None)
             logits = result.logits
-            if input_slices is not None:
-                planes = input_slices[start:start + batch_size]
-                logits = impose_input_slice(logits, [a for a, _, _ in planes], [i for _, i, _ in planes],
-                                            torch.from_numpy(np.stack([m for _, _, m in planes]).astype(np.float32)))
+            if planes is not None:
+                logits = impose_input_slice(logits, *planes)
         logits = logits.float().cpu().numpy()
         for b in range(logits.shape[0]):
             if frame == "object":
@@ -242,7 +247,7 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
                    mask_png: str | Path | None = None, label_path: str | Path | None = None, class_id: int | None = None,
                    spacing_mm: float = 3.0, crop_size: int = 256, sampler=None, seed: int = 0,
                    probability_path: str | Path | None = None, mesh_path: str | Path | None = None,
-                   device: str = "cpu", frame: str = "object", input_slice: bool = True) -> dict:
+                   device: str = "cpu", frame: str = "object", input_slice: bool = True, pose_fit: bool = True) -> dict:
     """Write the predicted mask (uint8 NIfTI on the input's grid); optionally probabilities and a mesh.
     ``input_slice``: the prediction on the input plane is the input mask (module doc, step 4). An
     empty prediction still writes the NIfTI outputs (no mesh) and returns a ``warning``."""
@@ -278,7 +283,7 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
     reconstruction = reconstruct_logits(
         model, [view.model_inputs(mask_canon, crop_size, frame)], view.image.data.shape, view.image.affine, frame=frame,
         seed=seed, sampler=sampler, device=device,
-        input_slices=[(view.axis, view.index, mask_canon)] if input_slice else None)[0]
+        input_slices=[(view.axis, view.index, mask_canon)] if input_slice else None, pose_fit=pose_fit)[0]
     prob_canonical = special.expit(reconstruction.logits.astype(np.float64))
 
     prob = back_to_input_grid(prob_canonical, view.image.affine, image.data.shape, image.affine)

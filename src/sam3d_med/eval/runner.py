@@ -39,7 +39,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from ..data.dataset import SliceClassDataset, cached_case_volumes, collate_samples, load_manifest, split_cases
+from ..data.dataset import (POLICIES, SliceClassDataset, cached_case_volumes, choose_slices, collate_samples,
+                            load_manifest, split_cases)
 from ..data.preprocess import case_fingerprint
 from ..data.geometry import bounding_box
 from ..errors import ConfigError, InputError
@@ -57,7 +58,6 @@ NSD_DESCRIPTIONS = {
 assert set(NSD_DESCRIPTIONS) == set(NSD_DEFINITIONS)
 
 METHODS = ("model", "mean_shape", "extrude")
-POLICIES = ("max_area", "center")
 VIZ_DIR = "visualizations"
 
 
@@ -84,30 +84,11 @@ class EvalOptions:
     max_cases: int | None = None
     save_viz: bool = False  # per-case comparison grid + surfaces in visualizations/ (the report shows them)
     input_slice_constraint: bool = True  # the prediction on the input plane is the input mask
+    pose_fit: bool = True  # object frame: the pose is fitted to the input slice's mask (``model.placement``)
 
     def __post_init__(self):  # checked where the options are made, before any model is loaded
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy must be one of {POLICIES}")
-
-
-def choose_slices(case: dict, axes, policy: str) -> list[tuple[dict, int]]:
-    """(slice entry, class) per class present in the case and per axis, chosen by ``policy``."""
-    chosen = []
-    for cls in sorted(int(c) for c, n in case["class_voxel_counts"].items() if n > 0):
-        for axis in axes:
-            entries = [e for e in case["slices"] if e["axis"] == axis and e["class_pixel_counts"].get(str(cls), 0) > 0]
-            if not entries:
-                continue
-            if policy == "max_area":
-                best = max(entries, key=lambda e: (e["class_pixel_counts"][str(cls)], -e["slice_idx"]))
-            elif policy == "center":
-                weights = np.array([e["class_pixel_counts"][str(cls)] for e in entries], dtype=np.float64)
-                centroid = float(np.average([e["slice_idx"] for e in entries], weights=weights))
-                best = min(entries, key=lambda e: (abs(e["slice_idx"] - centroid), e["slice_idx"]))
-            else:
-                raise ConfigError(f"--policy must be one of {POLICIES}")
-            chosen.append((best, cls))
-    return chosen
 
 
 def centred_on(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -173,6 +154,7 @@ class TrainingPriors:
 def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: str) -> dict:
     doc = {"policy": options.policy, "threshold": "logit > 0 (p > 0.5)", "sampler": dataclasses.asdict(sampler),
            "target_frame": frame, "input_slice_constraint": options.input_slice_constraint,
+           "pose_fit_to_input_slice": options.pose_fit and options.input_slice_constraint and frame == "object",
            "seed": options.seed, "nsd_tolerances_mm": list(options.nsd_tolerances_mm),
            "nsd_definition": NSD_DESCRIPTIONS[options.nsd_definition],
            "checkpoint": str(checkpoint), "baselines": ["mean_shape", "extrude"]}
@@ -251,12 +233,14 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
         position = 0
         for batch in loader:
             inputs = {k: batch[k].to(device) for k in (*CONDITION_KEYS, "pointmap_shift", "pointmap_scale")}
+            # one input plane per sample: planes of different axes differ in size on a non-cubic grid
+            planes = [batch["occupancy"][b, 0].select(int(a), int(i)) for b, (a, i)
+                      in enumerate(zip(batch["axis"], batch["slice_idx"]))]
+            fit_to = (batch["axis"], batch["slice_idx"], planes) if options.pose_fit and options.input_slice_constraint else None
             with torch.no_grad():
-                logits = reconstruct_on_grid(model, inputs, frame, points, seed=options.seed, sampler=sampler).logits
+                logits = reconstruct_on_grid(model, inputs, frame, points, seed=options.seed, sampler=sampler,
+                                             input_planes=fit_to).logits
                 if options.input_slice_constraint:
-                    # one plane per sample: planes of different axes differ in size on a non-cubic grid
-                    planes = [batch["occupancy"][b, 0].select(int(a), int(i)) for b, (a, i)
-                              in enumerate(zip(batch["axis"], batch["slice_idx"]))]
                     logits = impose_input_slice(logits, batch["axis"], batch["slice_idx"], planes)
             for b in range(logits.shape[0]):
                 _, entry, cls = dataset.samples[position]

@@ -28,13 +28,13 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from ..data.dataset import (Augmentation, SliceClassDataset, check_frame, collate_samples, load_manifest,
-                            split_cases)
+from ..data.dataset import (POLICIES, Augmentation, SliceClassDataset, check_frame, choose_slices, collate_samples,
+                            load_manifest, split_cases)
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path
 from ..model.checkpoint import FILES, build_from_folder
 from ..model.lora import LoraSettings, apply_lora, trainable_parameters
-from ..model.placement import grid_points_of_affines, reconstruct_on_grid
+from ..model.placement import grid_points_of_affines, impose_input_slice, reconstruct_on_grid
 from ..model.release_files import require_weights_folder
 from ..model.sam3d import SparseStructureModel
 from ..runtime import keep_freed_memory_for_reuse
@@ -341,7 +341,8 @@ def sampler_settings(model_sampler, validation_cfg, steps: int | None = None, gu
 def validate(objective: TrainingObjective, loader: DataLoader, device: torch.device, cfg: DictConfig) -> dict:
     """Validation loss (fixed noise and times) and what the task is: the 3-D Dice, on the scan's grid,
     of reconstructions sampled from pure noise (``val_dice``) and of the one-step estimate from pure
-    noise (``val_dice_one_step``). (The loss, at random flow times where x_t already carries much of
+    noise (``val_dice_one_step``), each as the evaluation scores it (pose fitted to the input slice,
+    input plane set to the mask; the validation samples are the evaluation's slices). (The loss, at random flow times where x_t already carries much of
     the answer, can fall while these do not move.)"""
     model = objective.model
     model.eval()
@@ -360,10 +361,14 @@ def validate(objective: TrainingObjective, loader: DataLoader, device: torch.dev
                 inputs = {k: v[:take] for k, v in batch.items() if torch.is_tensor(v)}
                 truth = inputs["occupancy"][:, 0] > 0.5
                 points = grid_points_of_affines(inputs["affine"], truth.shape[1:]) if objective.frame == "object" else None
+                # as the evaluation scores them: the pose fitted to the input slice, its plane set to the mask
+                planes = (inputs["axis"], inputs["slice_idx"],
+                          [truth[b].select(int(a), int(i)).float() for b, (a, i)
+                           in enumerate(zip(inputs["axis"], inputs["slice_idx"]))])
                 for out, steps in ((dices, False), (one_step, True)):
                     grid = reconstruct_on_grid(model, inputs, objective.frame, points, seed=int(cfg.seed),
-                                               sampler=sampler, one_step=steps)
-                    out += dice(grid.logits > 0, truth).tolist()
+                                               sampler=sampler, one_step=steps, input_planes=planes)
+                    out += dice(impose_input_slice(grid.logits, *planes) > 0, truth).tolist()
     model.train()
     return {"val_loss": float(np.mean(losses)) if losses else float("nan"),
             "val_dice": float(np.mean(dices)) if dices else float("nan"),
@@ -495,7 +500,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     train_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, train_ids, crop, int(cfg.data.min_pixels), augment,
                                   seed, **geometry)
     val_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, val_ids, crop, int(cfg.data.min_pixels), None, seed,
-                                **geometry)
+                                **{**geometry, "epoch_mode": "slices"})
+    # validated as evaluated: each (case, class, axis) from its largest slice (the evaluation's default
+    # policy), so that best.pt is chosen by what the evaluation then measures; in a fixed shuffled order,
+    # so that the first validation.reconstructions samples spread over cases, classes and axes
+    evaluated = [(case["case_id"], entry, cls) for case in manifest["cases"] if case["case_id"] in set(val_ids)
+                 for entry, cls in choose_slices(case, manifest["options"]["axes"], POLICIES[0])]
+    val_set.samples = [evaluated[i] for i in np.random.default_rng(seed).permutation(len(evaluated))]
     if len(train_set) == 0:
         raise InputError(f"{cfg.data.slice_cache_dir}: no training samples (cases {train_ids})")
     # best.pt is chosen by what exists: validation Dice, or without validation cases the training loss
@@ -505,8 +516,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                     "best.pt will be the epoch with the lowest training loss (nothing measures generalisation)",
                     len(train_ids), cfg.data.val_fraction)
     log.info("data: %d train cases (%d (case, class) pairs, %d (slice, class) samples), %d validation cases (%d "
-             "pairs); crop %s; an epoch is %s", len(train_ids), len(train_set.pairs), len(train_set.samples),
-             len(val_ids), len(val_set.pairs), list(crop),
+             "pairs, validated on their %d largest slices per axis); crop %s; an epoch is %s", len(train_ids),
+             len(train_set.pairs), len(train_set.samples), len(val_ids), len(val_set.pairs), len(val_set), list(crop),
              "every (case, class) pair once, with a slice drawn afresh" if train_set.epoch_mode == "pairs"
              else "every (slice, class) sample")
 

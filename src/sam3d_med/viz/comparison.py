@@ -84,7 +84,8 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
                       class_names: dict[int, str], label_path: str | Path | None = None,
                       mask_png: str | Path | None = None, class_id: int | None = None, spacing_mm: float = 3.0,
                       crop_size: int = 256, sampler=None, seed: int = 0, device: str = "cpu", batch_size: int = 8,
-                      per_axis: int = 3, frame: str = "object", input_slice: bool = True) -> dict:
+                      per_axis: int = 3, frame: str = "object", input_slice: bool = True,
+                      pose_fit: bool = True) -> dict:
     """Reconstruct every structure on a stored slice of a NIfTI scan and draw the comparison grid.
 
     With ``label_path`` (ground truth on the scan's grid) every class present on the slice is
@@ -123,7 +124,8 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
     reconstructions = reconstruct_logits(
         model, [view.model_inputs(canonical_masks[c], crop_size, frame) for c in classes], view.image.data.shape,
         view.image.affine, frame=frame, seed=seed, sampler=sampler, device=device, batch_size=batch_size,
-        input_slices=[(view.axis, view.index, canonical_masks[c]) for c in classes] if input_slice else None)
+        input_slices=[(view.axis, view.index, canonical_masks[c]) for c in classes] if input_slice else None,
+        pose_fit=pose_fit)
     logits_by_class = {c: r.logits for c, r in zip(classes, reconstructions)}
     surfaces = {c: (r.surface_logits, r.surface_affine) for c, r in zip(classes, reconstructions)}
     scores = {}

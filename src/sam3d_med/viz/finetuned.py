@@ -72,7 +72,7 @@ def reconstruct_from_png(model, image_png: str | Path, mask_png: str | Path, out
                          pixel_spacing_mm: float | None = None, spacing_mm: float = 3.0, axis: int = 2,
                          png_window: tuple[float, float] = SOFT_TISSUE_WINDOW, crop_size: int = 256, sampler=None,
                          seed: int = 0, device: str = "cpu", name: str | None = None, frame: str = "object",
-                         input_slice: bool = True) -> dict:
+                         input_slice: bool = True, pose_fit: bool = True) -> dict:
     """Reconstruct the masked structure and write ``reconstruction.obj`` (mm, assumed frame),
     ``reconstruction.nii.gz``, ``input_overlay.png``, ``mesh_views.png``, ``prediction_slices.png``
     and ``summary.json`` (with the assumptions) into ``out_dir``. Returns the summary."""
@@ -104,7 +104,8 @@ def reconstruct_from_png(model, image_png: str | Path, mask_png: str | Path, out
     affine = assumed_frame(resolution, spacing_mm)
     inputs = slice_model_inputs(image_grid, mask_grid, affine, shape, axis, index, crop_size, frame)
     reconstruction = reconstruct_logits(model, [inputs], shape, affine, frame=frame, seed=seed, sampler=sampler,
-                                        device=device, input_slices=[(axis, index, mask_grid)] if input_slice else None)[0]
+                                        device=device, input_slices=[(axis, index, mask_grid)] if input_slice else None,
+                                        pose_fit=pose_fit)[0]
     predicted = reconstruction.logits > 0
     out_dir.mkdir(parents=True, exist_ok=True)
     name = name or mask_png.stem

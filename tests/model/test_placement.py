@@ -1,0 +1,82 @@
+"""Fitting the predicted pose to the input slice (object frame): the placed shape's section on the
+input plane lands on the mask; through the plane the model's placement is kept."""
+import numpy as np
+import torch
+
+from sam3d_med.data.geometry import voxel_to_world
+from sam3d_med.model.placement import fit_pose_to_input_planes, grid_points_mm, place_cubes_on_grid
+from sam3d_med.model.pose import Pose
+
+N = 32
+
+
+def ellipsoid_cube_logits(radii=(0.4, 0.3, 0.2)):
+    """Logits (1, 1, n, n, n) of an axis-aligned ellipsoid centred in the cube (cube coordinates)."""
+    x = (torch.arange(N, dtype=torch.float32) + 0.5) / N - 0.5
+    a, b, c = torch.meshgrid(x, x, x, indexing="ij")
+    level = (a / radii[0]) ** 2 + (b / radii[1]) ** 2 + (c / radii[2]) ** 2
+    return (10.0 * (1.0 - level))[None, None]
+
+
+def oblique_affine(spacing=3.0, degrees=20.0):
+    angle = np.radians(degrees)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * spacing
+    affine[:3, 3] = [-40.0, 25.0, -60.0]
+    return affine
+
+
+def section(logits, pose, points, axis, index):
+    placed = place_cubes_on_grid(logits, pose.rotation, pose.translation, pose.scale, points)[0]
+    return (placed > 0).select(axis, index).numpy()
+
+
+def test_the_fitted_section_lands_on_the_mask_on_an_oblique_grid():
+    shape, affine, axis, index = (48, 48, 40), oblique_affine(), 2, 20
+    points = grid_points_mm(shape, affine)
+    logits = ellipsoid_cube_logits()
+    centre = torch.tensor(voxel_to_world(np.array([24.0, 20.0, 20.0]), affine), dtype=torch.float32)
+    truth = Pose(torch.eye(3)[None], centre[None], torch.full((1, 3), 90.0))
+    mask = torch.from_numpy(section(logits, truth, points, axis, index))
+    # the model's guess: 20 mm off within the plane, 3 mm through it, a third too small
+    guess = Pose(torch.eye(3)[None], (centre + torch.tensor([16.0, -12.0, 3.0]))[None], torch.full((1, 3), 60.0))
+    before = section(logits, guess, points, axis, index)
+    fitted = fit_pose_to_input_planes(logits, guess, [points[0].select(axis, index)], [mask])
+    after = section(logits, fitted, points, axis, index)
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    assert dice(before, mask.numpy()) < 0.5 and dice(after, mask.numpy()) > 0.9
+    normal = torch.tensor(affine[:3, 2] / np.linalg.norm(affine[:3, 2]), dtype=torch.float32)
+    plane_point = points[0, 0, 0, index]
+    # through the plane the model's placement is kept, relative to the structure's size (the plane cuts
+    # it at the same fraction of its height); within the plane it is the truth's
+    offset = [float((pose.translation[0] - plane_point) @ normal) / float(pose.scale[0, 2]) for pose in (guess, fitted)]
+    assert abs(offset[0] - offset[1]) < 1e-4 and abs(offset[0]) > 0.04
+    in_plane_error = (fitted.translation[0] - centre) - ((fitted.translation[0] - centre) @ normal) * normal
+    assert float(in_plane_error.norm()) < 3.0
+    assert float((fitted.scale[0] / truth.scale[0] - 1).abs().max()) < 0.15  # the size, all three axes
+
+
+def test_a_shape_that_misses_the_plane_is_brought_through_it():
+    shape, affine, axis, index = (40, 40, 40), np.diag([3.0, 3.0, 3.0, 1.0]), 0, 20
+    points = grid_points_mm(shape, affine)
+    logits = ellipsoid_cube_logits((0.45, 0.45, 0.45))
+    centre = torch.tensor([60.0, 60.0, 60.0])
+    truth = Pose(torch.eye(3)[None], centre[None], torch.full((1, 3), 60.0))
+    mask = torch.from_numpy(section(logits, truth, points, axis, index))
+    guess = Pose(torch.eye(3)[None], (centre + torch.tensor([45.0, 0.0, 0.0]))[None], torch.full((1, 3), 60.0))
+    assert not section(logits, guess, points, axis, index).any()
+    fitted = fit_pose_to_input_planes(logits, guess, [points[0].select(axis, index)], [mask])
+    after = section(logits, fitted, points, axis, index)
+    assert 2 * (after & mask.numpy()).sum() / (after.sum() + mask.numpy().sum()) > 0.9
+
+
+def test_an_empty_mask_keeps_the_pose():
+    points = grid_points_mm((16, 16, 16), np.eye(4))
+    guess = Pose(torch.eye(3)[None], torch.tensor([[8.0, 8.0, 8.0]]), torch.full((1, 3), 8.0))
+    fitted = fit_pose_to_input_planes(ellipsoid_cube_logits(), guess, [points[0].select(2, 8)],
+                                      [torch.zeros(16, 16, dtype=torch.bool)])
+    assert torch.equal(fitted.translation, guess.translation) and torch.equal(fitted.scale, guess.scale)
