@@ -162,6 +162,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="max_area", help="conditioning slice per class and axis: max_area or center")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance strength (default: the checkpoint's)")
+    p.add_argument("--samples", type=int, default=None, help=SAMPLES_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train_cache", default=None, help="training cache for the baselines (default: the checkpoint's)")
     p.add_argument("--max_cases", type=int, default=None)
@@ -182,7 +183,7 @@ def cmd_eval(args) -> int:
     from .train.trainer import resolve_device
 
     device = resolve_device(args.device)
-    options = EvalOptions(policy=args.policy, steps=args.steps, guidance=args.guidance, seed=args.seed,
+    options = EvalOptions(policy=args.policy, steps=args.steps, guidance=args.guidance, samples=args.samples, seed=args.seed,
                           batch_size=args.batch_size, train_cache=args.train_cache, max_cases=args.max_cases,
                           save_viz=args.save_viz, input_slice_constraint=not args.no_slice_constraint,
                           pose_fit=not (args.no_pose_fit or args.no_slice_constraint),
@@ -204,6 +205,7 @@ def add_inference_arguments(p: argparse.ArgumentParser, checkpoint_flags=("--che
     p.add_argument("--spacing", type=float, default=3.0, help="the model's voxel size in mm (as preprocessed)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance strength (default: the checkpoint's)")
+    p.add_argument("--samples", type=int, default=None, help=SAMPLES_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no_slice_constraint", action="store_true",
@@ -221,7 +223,7 @@ def load_for_inference(args) -> dict:
     model, payload = load_model_from_checkpoint(args.checkpoint, device)
     config = payload["config"]
     return {"model": model, "sampler": sampler_settings(model.cfg.sampler, config.get("validation", {}), args.steps,
-                                                        args.guidance),
+                                                        args.guidance, args.samples),
             "crop_size": int(config["data"]["preprocess_crop_size"][0]), "seed": args.seed, "device": str(device),
             "frame": config["data"].get("target_frame", "volume"), "input_slice": not args.no_slice_constraint,
             "pose_fit": not (args.no_pose_fit or args.no_slice_constraint)}
@@ -409,6 +411,8 @@ def cmd_export_slice(args) -> int:
 
 # One slice convention everywhere: indices of the file as stored (what ITK-SNAP and 3D Slicer show as
 # voxel coordinates), whatever its orientation.
+SAMPLES_HELP = ("sampled reconstructions averaged per input, mean probability (default: the checkpoint's "
+                "validation.eval_samples, else 1)")
 STORED_AXIS_HELP = "array axis of the slice in the NIfTI file as stored (0, 1, 2; the same in every command)"
 STORED_INDEX_HELP = "slice index along --axis in the file as stored (0-based voxel index, as viewers show it)"
 

@@ -80,3 +80,22 @@ def test_an_empty_mask_keeps_the_pose():
     fitted = fit_pose_to_input_planes(ellipsoid_cube_logits(), guess, [points[0].select(2, 8)],
                                       [torch.zeros(16, 16, dtype=torch.bool)])
     assert torch.equal(fitted.translation, guess.translation) and torch.equal(fitted.scale, guess.scale)
+
+
+def test_several_draws_give_the_logit_of_their_mean_probability(tiny_model):
+    from dataclasses import replace
+
+    from sam3d_med.model.placement import reconstruct_on_grid
+    from tests.model.conftest import condition_inputs
+
+    tiny_model.eval()
+    inputs = {**condition_inputs(batch=1, size=32), "pointmap_shift": torch.zeros(1, 3), "pointmap_scale": torch.ones(1)}
+    points = grid_points_mm((12, 12, 12), np.diag([0.2, 0.2, 0.2, 1.0]) @ np.eye(4))
+    one = replace(tiny_model.cfg.sampler, steps=2, samples=1)
+    with torch.no_grad():
+        draws = [reconstruct_on_grid(tiny_model, inputs, "object", points, seed=s, sampler=one).logits for s in (5, 6)]
+        mean = reconstruct_on_grid(tiny_model, inputs, "object", points, seed=5, sampler=replace(one, samples=2))
+    assert not torch.allclose(draws[0], draws[1])  # two different draws
+    expected = (torch.sigmoid(draws[0]) + torch.sigmoid(draws[1])) / 2
+    torch.testing.assert_close(torch.sigmoid(mean.logits), expected.clamp(1e-6, 1 - 1e-6), atol=1e-5, rtol=0)
+    assert mean.cube_logits is None and mean.pose_world is None

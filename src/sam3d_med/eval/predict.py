@@ -217,13 +217,13 @@ def reconstruct_logits(model, inputs: list[dict], shape_ijk, affine: np.ndarray,
                 logits = impose_input_slice(logits, *planes)
         logits = logits.float().cpu().numpy()
         for b in range(logits.shape[0]):
-            if frame == "object":
+            if frame == "object" and result.cube_logits is not None:
                 pose = result.pose_world
                 cube = result.cube_logits[b, 0].float().cpu().numpy()
                 out.append(Reconstruction(logits[b], cube, cube_affine(pose.rotation[b].cpu().numpy(),
                                                                        pose.translation[b].cpu().numpy(),
                                                                        pose.scale[b].cpu().numpy(), cube.shape[0])))
-            else:
+            else:  # the volume frame, or the mean of several draws: the surface on the grid
                 out.append(Reconstruction(logits[b], logits[b], np.asarray(affine, dtype=np.float64)))
     return out
 

@@ -76,6 +76,7 @@ class EvalOptions:
     policy: str = "max_area"
     steps: int | None = None
     guidance: float | None = None
+    samples: int | None = None  # draws averaged per input (default: the checkpoint's validation.eval_samples)
     seed: int = 0
     batch_size: int = 8
     nsd_tolerances_mm: tuple[float, ...] = DEFAULT_NSD_TOLERANCES_MM
@@ -178,7 +179,8 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
 
     data_root, output_dir = Path(data_root), Path(output_dir)
     manifest = load_manifest(data_root)
-    sampler = sampler_settings(model.cfg.sampler, cfg.get("validation", {}), options.steps, options.guidance)
+    sampler = sampler_settings(model.cfg.sampler, cfg.get("validation", {}), options.steps, options.guidance,
+                               options.samples)
     frame = cfg["data"].get("target_frame", "volume")
     protocol = _protocol(options, sampler, source, frame)
 

@@ -98,6 +98,9 @@ class SamplerConfig:
     cfg_strength: float = 7.0
     cfg_interval: tuple[float, float] = (0.0, 500.0)  # in model time units (t * 1000)
     time_scale: float = 1000.0
+    # sampled reconstructions averaged per input (mean probability, seeds seed..seed+samples-1): an
+    # estimate of the occupancy's probability under the model rather than one draw (ours, not Meta's)
+    samples: int = 1
 
 
 @dataclass

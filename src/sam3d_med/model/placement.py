@@ -15,7 +15,7 @@ the prediction equal the input mask on that plane.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from .pose import Pose
 from .sam3d import SparseStructureModel
 
 SLICE_LOGIT = 20.0  # |logit| written on the input plane (p = 1 - 2e-9 inside, 2e-9 outside)
+PROBABILITY_FLOOR = 1e-6  # mean probabilities of several draws are clamped to [floor, 1 - floor] before the logit
 
 
 @dataclass
@@ -57,7 +58,16 @@ def reconstruct_on_grid(model: SparseStructureModel, inputs: dict[str, torch.Ten
     the object frame) -> logits on the grid whose voxel centres are ``grid_points`` ((1 or B, I, J, K, 3)
     world mm; object frame only: in the volume frame the grid is the model's own).
     ``input_planes``: (axes, indices, masks) of each sample's input slice on that grid; given, the
-    object frame's pose is fitted to it (``fit_pose_to_input_planes``)."""
+    object frame's pose is fitted to it (``fit_pose_to_input_planes``). With ``sampler.samples`` > 1
+    the logits are those of the mean probability of that many draws (seeds ``seed`` onwards), and
+    there is no single cube or pose to return."""
+    samples = int(getattr(sampler, "samples", 1) or 1)
+    if samples > 1:
+        one = replace(sampler, samples=1)
+        probability = sum(torch.sigmoid(reconstruct_on_grid(model, inputs, frame, grid_points, seed=seed + k, sampler=one,
+                                                           one_step=one_step, input_planes=input_planes).logits.float())
+                          for k in range(samples)) / samples
+        return GridReconstruction(torch.logit(probability.clamp(PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)))
     logits, pose = model.generate(inputs, seed=seed, sampler=sampler, one_step=one_step)
     if frame == "volume":
         return GridReconstruction(logits[:, 0])

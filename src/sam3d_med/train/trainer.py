@@ -327,13 +327,18 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
-def sampler_settings(model_sampler, validation_cfg, steps: int | None = None, guidance: float | None = None):
-    """The model's sampler, overridden by a run's ``validation`` settings (sampler_steps, cfg_strength),
-    then by explicit ``steps``/``guidance``: what validation used is what evaluation uses by default."""
+def sampler_settings(model_sampler, validation_cfg, steps: int | None = None, guidance: float | None = None,
+                     samples: int | None = None):
+    """The model's sampler, overridden by a run's ``validation`` settings (sampler_steps, cfg_strength,
+    eval_samples), then by explicit ``steps``/``guidance``/``samples``: what validation used is what
+    evaluation uses by default (except ``eval_samples``: validation itself samples once)."""
     steps = steps or validation_cfg.get("sampler_steps") or model_sampler.steps
     if guidance is None:
         guidance = validation_cfg.get("cfg_strength")
-    return replace(model_sampler, steps=int(steps),
+    samples = samples or validation_cfg.get("eval_samples") or model_sampler.samples
+    if int(samples) < 1:
+        raise ConfigError(f"the number of samples averaged must be at least 1 (got {samples})")
+    return replace(model_sampler, steps=int(steps), samples=int(samples),
                    cfg_strength=float(model_sampler.cfg_strength if guidance is None else guidance))
 
 
@@ -342,14 +347,14 @@ def validate(objective: TrainingObjective, loader: DataLoader, device: torch.dev
     """Validation loss (fixed noise and times) and what the task is: the 3-D Dice, on the scan's grid,
     of reconstructions sampled from pure noise (``val_dice``) and of the one-step estimate from pure
     noise (``val_dice_one_step``), each as the evaluation scores it (pose fitted to the input slice,
-    input plane set to the mask; the validation samples are the evaluation's slices). (The loss, at random flow times where x_t already carries much of
-    the answer, can fall while these do not move.)"""
+    input plane set to the mask; the validation samples are the evaluation's slices). (The loss, at
+    random flow times where x_t already carries much of the answer, can fall while these do not move.)"""
     model = objective.model
     model.eval()
     generator = torch.Generator(device=device).manual_seed(1234)
     losses, dices, one_step = [], [], []
     budget = int(cfg.validation.reconstructions)
-    sampler = sampler_settings(model.cfg.sampler, cfg.validation)
+    sampler = replace(sampler_settings(model.cfg.sampler, cfg.validation), samples=1)  # one draw: cheap
     for index, batch in enumerate(loader):
         if cfg.validation.get("max_batches") and index >= int(cfg.validation.max_batches):
             break
