@@ -183,10 +183,10 @@ def cmd_eval(args) -> int:
     from .train.trainer import resolve_device
 
     device = resolve_device(args.device)
-    options = EvalOptions(policy=args.policy, steps=args.steps, guidance=args.guidance, samples=args.samples, seed=args.seed,
-                          batch_size=args.batch_size, train_cache=args.train_cache, max_cases=args.max_cases,
-                          save_viz=args.save_viz, input_slice_constraint=not args.no_slice_constraint,
-                          pose_fit=not (args.no_pose_fit or args.no_slice_constraint),
+    options = EvalOptions(policy=args.policy, steps=args.steps, guidance=args.guidance, samples=args.samples,
+                          seed=args.seed, batch_size=args.batch_size, train_cache=args.train_cache,
+                          max_cases=args.max_cases, save_viz=args.save_viz,
+                          input_slice_constraint=not args.no_slice_constraint, pose_fit=not args.no_pose_fit,
                           nsd_definition=args.nsd_definition)
     document = evaluate(args.checkpoint, args.data_root, args.output_dir, options, device=str(device))
     print(summary_table(document))
@@ -226,7 +226,7 @@ def load_for_inference(args) -> dict:
                                                         args.guidance, args.samples),
             "crop_size": int(config["data"]["preprocess_crop_size"][0]), "seed": args.seed, "device": str(device),
             "frame": config["data"].get("target_frame", "volume"), "input_slice": not args.no_slice_constraint,
-            "pose_fit": not (args.no_pose_fit or args.no_slice_constraint)}
+            "pose_fit": not args.no_pose_fit}  # used only with the input slice (reconstruct_logits)
 
 
 def cmd_predict(args) -> int:

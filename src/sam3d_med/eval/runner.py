@@ -87,6 +87,11 @@ class EvalOptions:
     input_slice_constraint: bool = True  # the prediction on the input plane is the input mask
     pose_fit: bool = True  # object frame: the pose is fitted to the input slice's mask (``model.placement``)
 
+    @property
+    def fits_pose(self) -> bool:
+        """The pose is fitted to the input slice: asked for, and the input slice used at all."""
+        return self.pose_fit and self.input_slice_constraint
+
     def __post_init__(self):  # checked where the options are made, before any model is loaded
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy must be one of {POLICIES}")
@@ -155,7 +160,7 @@ class TrainingPriors:
 def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: str) -> dict:
     doc = {"policy": options.policy, "threshold": "logit > 0 (p > 0.5)", "sampler": dataclasses.asdict(sampler),
            "target_frame": frame, "input_slice_constraint": options.input_slice_constraint,
-           "pose_fit_to_input_slice": options.pose_fit and options.input_slice_constraint and frame == "object",
+           "pose_fit_to_input_slice": options.fits_pose and frame == "object",
            "seed": options.seed, "nsd_tolerances_mm": list(options.nsd_tolerances_mm),
            "nsd_definition": NSD_DESCRIPTIONS[options.nsd_definition],
            "checkpoint": str(checkpoint), "baselines": ["mean_shape", "extrude"]}
@@ -238,7 +243,7 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
             # one input plane per sample: planes of different axes differ in size on a non-cubic grid
             planes = [batch["occupancy"][b, 0].select(int(a), int(i)) for b, (a, i)
                       in enumerate(zip(batch["axis"], batch["slice_idx"]))]
-            fit_to = (batch["axis"], batch["slice_idx"], planes) if options.pose_fit and options.input_slice_constraint else None
+            fit_to = (batch["axis"], batch["slice_idx"], planes) if options.fits_pose else None
             with torch.no_grad():
                 logits = reconstruct_on_grid(model, inputs, frame, points, seed=options.seed, sampler=sampler,
                                              input_planes=fit_to).logits

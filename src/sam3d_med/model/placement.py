@@ -117,9 +117,7 @@ def fit_pose_to_input_planes(cube_logits: torch.Tensor, pose: Pose, plane_points
     for b in range(cube_logits.shape[0]):
         points = plane_points_mm[b].to(translation)
         mask = plane_masks[b].to(points.device).bool().reshape(-1)
-        if not mask.any():
-            continue
-        if min(points.shape[:2]) < 2:
+        if not mask.any() or min(points.shape[:2]) < 2:  # nothing to fit to, or no plane to measure
             continue
         steps = (points[0, 1] - points[0, 0], points[1, 0] - points[0, 0])  # one pixel along w, along h
         u, v = _unit(steps[0]), _unit(steps[1])

@@ -509,7 +509,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     # validated as evaluated: each (case, class, axis) from its largest slice (the evaluation's default
     # policy), so that best.pt is chosen by what the evaluation then measures; in a fixed shuffled order,
     # so that the first validation.reconstructions samples spread over cases, classes and axes
-    evaluated = [(case["case_id"], entry, cls) for case in manifest["cases"] if case["case_id"] in set(val_ids)
+    held_out = set(val_ids)
+    evaluated = [(case["case_id"], entry, cls) for case in manifest["cases"] if case["case_id"] in held_out
                  for entry, cls in choose_slices(case, manifest["options"]["axes"], POLICIES[0])]
     val_set.samples = [evaluated[i] for i in np.random.default_rng(seed).permutation(len(evaluated))]
     if len(train_set) == 0:
