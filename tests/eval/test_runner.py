@@ -57,6 +57,27 @@ def test_evaluation_writes_metrics_and_resumes(trained, tmp_path):
     assert (out / "cases" / "s0201.json").stat().st_mtime_ns == stamp and len(again["records"]) == len(records)
 
 
+def test_a_checkpoint_retrained_in_place_is_scored_anew(trained, tmp_path):
+    """Resuming matches the weights, not the path: best.pt overwritten by another run is not served
+    the old run's scores."""
+    import torch
+
+    from sam3d_med.train.trainer import read_training_checkpoint, save_training_checkpoint
+
+    checkpoint, out = tmp_path / "best.pt", tmp_path / "results"
+    payload = read_training_checkpoint(trained / "ckpt" / "best.pt")
+    save_training_checkpoint(checkpoint, payload)
+    options = EvalOptions(batch_size=8, steps=2, max_cases=1)
+    first = evaluate(checkpoint, trained / "test_cache", out, options, log=lambda m: None)
+    stamp = (out / "cases" / "s0201.json").stat().st_mtime_ns
+    name = next(k for k, v in payload["trained_state"].items() if v.is_floating_point())
+    payload["trained_state"][name] = payload["trained_state"][name] + 0.5 * torch.randn_like(payload["trained_state"][name])
+    save_training_checkpoint(checkpoint, payload)  # the same path, other weights
+    second = evaluate(checkpoint, trained / "test_cache", out, options, log=lambda m: None)
+    assert (out / "cases" / "s0201.json").stat().st_mtime_ns != stamp
+    assert first["protocol"]["weights"]["trained_sha256"] != second["protocol"]["weights"]["trained_sha256"]
+
+
 def test_bad_inputs(trained, tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")

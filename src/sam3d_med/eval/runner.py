@@ -45,6 +45,7 @@ from ..data.preprocess import case_fingerprint
 from ..data.geometry import bounding_box
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_json, atomic_write_text
+from ..model.checkpoint import tensors_digest
 from ..model.placement import SLICE_LOGIT, grid_points_mm, impose_input_slice, reconstruct_on_grid
 from ..train.losses import CONDITION_KEYS
 from ..train.trainer import load_model_from_checkpoint, sampler_settings
@@ -157,13 +158,13 @@ class TrainingPriors:
         return out
 
 
-def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: str) -> dict:
+def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: str, weights: dict | None) -> dict:
     doc = {"policy": options.policy, "threshold": "logit > 0 (p > 0.5)", "sampler": dataclasses.asdict(sampler),
            "target_frame": frame, "input_slice_constraint": options.input_slice_constraint,
            "pose_fit_to_input_slice": options.fits_pose and frame == "object",
            "seed": options.seed, "nsd_tolerances_mm": list(options.nsd_tolerances_mm),
            "nsd_definition": NSD_DESCRIPTIONS[options.nsd_definition],
-           "checkpoint": str(checkpoint), "baselines": ["mean_shape", "extrude"]}
+           "checkpoint": str(checkpoint), "weights": weights, "baselines": ["mean_shape", "extrude"]}
     doc["id"] = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return doc
 
@@ -172,14 +173,19 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Pa
              device: str = "cpu", log=lambda m: print(m, file=sys.stderr)) -> dict:
     """Evaluate a training checkpoint (its model, settings and training cache) on a test cache."""
     model, payload = load_model_from_checkpoint(checkpoint, device)
-    return evaluate_model(model, payload["config"], str(checkpoint), data_root, output_dir, options, device, log)
+    # the weights themselves, not the file's path, decide whether scored cases can be reused: a run
+    # retrained into the same best.pt is scored anew
+    weights = {"base": payload["base_identity"], "trained_sha256": tensors_digest(payload["trained_state"])}
+    return evaluate_model(model, payload["config"], str(checkpoint), data_root, output_dir, options, device, log,
+                          weights=weights)
 
 
 def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_dir: str | Path, options: EvalOptions,
-                   device: str = "cpu", log=lambda m: print(m, file=sys.stderr)) -> dict:
+                   device: str = "cpu", log=lambda m: print(m, file=sys.stderr), weights: dict | None = None) -> dict:
     """Evaluate ``model`` (eval mode, on ``device``) as configured by ``cfg`` (a resolved training
     config: target frame, crop size, validation sampler, training cache and split for the
-    baselines); ``source`` names it in the protocol (a checkpoint's path, or a base's folder)."""
+    baselines); ``source`` names it in the protocol (a checkpoint's path, or a base's folder) and
+    ``weights`` identifies its weights there (cases scored with other weights are scored again)."""
     from tqdm import tqdm
 
     data_root, output_dir = Path(data_root), Path(output_dir)
@@ -187,7 +193,7 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
     sampler = sampler_settings(model.cfg.sampler, cfg.get("validation", {}), options.steps, options.guidance,
                                options.samples)
     frame = cfg["data"].get("target_frame", "volume")
-    protocol = _protocol(options, sampler, source, frame)
+    protocol = _protocol(options, sampler, source, frame, weights)
 
     train_cache = Path(options.train_cache or cfg["data"]["slice_cache_dir"])
     if not (train_cache / "manifest.json").is_file():

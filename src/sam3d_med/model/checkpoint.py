@@ -21,6 +21,7 @@ they are copied in.
 from __future__ import annotations
 
 import _compat_pickle
+import hashlib
 import logging
 import pickle
 import types
@@ -33,6 +34,16 @@ from torch import nn
 from ..errors import InputError
 from .release_files import FILES  # noqa: F401 (imported from here by callers)
 from .sam3d import SparseStructureModel
+
+
+def tensors_digest(state) -> str:
+    """SHA-256 of named tensors (a state dict: names, shapes, dtypes and values, in name order):
+    the identity of weights, wherever and however they are stored."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 GENERATOR_PREFIX = "_base_models.generator.reverse_fn.backbone."
 CONDITION_PREFIX = "_base_models.condition_embedder."

@@ -54,6 +54,7 @@ from ..data.dataset import case_volume_window
 from ..data.object_frame import DEFAULT_CUBE_MARGIN, cube_sdf_mm, object_cube
 from ..errors import InputError
 from ..io.atomic import atomic_save_npy, atomic_write_json
+from ..model.checkpoint import tensors_digest
 
 log = logging.getLogger("sam3d_med.train")
 TARGETS_DIR = "latent_targets"
@@ -73,11 +74,7 @@ class InversionSettings:
 
 def decoder_fingerprint(decoder: torch.nn.Module) -> str:
     """SHA-256 of the decoder's weights (names, shapes, dtypes and values)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(decoder.state_dict().items()):
-        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return tensors_digest(decoder.state_dict())
 
 
 def _dice(logits: torch.Tensor, occupancy: torch.Tensor) -> torch.Tensor:
