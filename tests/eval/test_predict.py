@@ -120,3 +120,25 @@ def test_a_class_absent_from_the_labels_or_the_slice_is_named(tmp_path):
     with pytest.raises(InputError, match=r"--class 2 is not on slice 0 along axis 2: it occurs on slices \d+\.\.\d+ "
                                          r"along that axis \(largest: \d+\)"):
         predict_volume(model, files["image"], 2, 0, tmp_path / "p.nii.gz", label_path=files["label"], class_id=2)
+
+
+def test_several_draws_give_a_sub_voxel_surface_and_one_draw_its_cube(monkeypatch):
+    """reconstruct_logits: with several object-frame draws the surface comes from the finer grid
+    around the structure (not the scan's 3 mm grid); the NIfTI logits stay the grid's mean."""
+    import torch
+
+    from sam3d_med.eval import predict
+    from sam3d_med.model.placement import GridReconstruction, grid_points_mm
+    from tests.model.test_placement import oblique_affine, two_draws_on
+
+    affine = oblique_affine()
+    draws, mean = two_draws_on(grid_points_mm((24, 24, 24), affine), affine)
+    monkeypatch.setattr(predict, "reconstruct_on_grid", lambda *a, **k: GridReconstruction(mean, draws=draws))
+    several, = predict.reconstruct_logits(None, [{"x": torch.zeros(1)}], (24, 24, 24), affine, frame="object")
+    np.testing.assert_array_equal(several.logits, mean[0].numpy())
+    assert np.allclose(np.linalg.norm(several.surface_affine[:3, :3], axis=0), 1.0)
+    assert several.surface_logits.shape == predict.finer_surface_grid(several.logits, affine)[0]
+    one = draws[0]
+    monkeypatch.setattr(predict, "reconstruct_on_grid", lambda *a, **k: one)
+    single, = predict.reconstruct_logits(None, [{"x": torch.zeros(1)}], (24, 24, 24), affine, frame="object")
+    assert single.surface_logits.shape == (32, 32, 32)  # the cube itself

@@ -99,3 +99,41 @@ def test_several_draws_give_the_logit_of_their_mean_probability(tiny_model):
     expected = (torch.sigmoid(draws[0]) + torch.sigmoid(draws[1])) / 2
     torch.testing.assert_close(torch.sigmoid(mean.logits), expected.clamp(1e-6, 1 - 1e-6), atol=1e-5, rtol=0)
     assert mean.cube_logits is None and mean.pose_world is None
+
+
+def two_draws_on(points, affine):
+    """Two object-frame draws (an ellipsoid cube at two nearby world poses) placed on a grid, as
+    ``reconstruct_on_grid`` returns them, and the logits of their mean probability there."""
+    from sam3d_med.model.placement import PROBABILITY_FLOOR, GridReconstruction
+
+    cube = ellipsoid_cube_logits()
+    centre = torch.tensor(voxel_to_world(np.array([[11.5, 11.5, 11.5]]), affine)[0], dtype=torch.float32)
+    draws = []
+    for shift in ([0.0, 0.0, 0.0], [2.0, -1.5, 1.0]):
+        pose = Pose(torch.eye(3)[None], (centre + torch.tensor(shift))[None], torch.full((1, 3), 40.0))
+        draws.append(GridReconstruction(place_cubes_on_grid(cube, pose.rotation, pose.translation, pose.scale, points),
+                                        cube, pose))
+    mean = sum(torch.sigmoid(d.logits) for d in draws) / 2
+    return draws, torch.logit(mean.clamp(PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR))
+
+
+def test_the_mean_of_draws_is_meshed_on_a_finer_grid_that_agrees_with_the_scan_grid():
+    from sam3d_med.data.geometry import bounding_box
+    from sam3d_med.eval.predict import finer_surface_grid, surface_of_logits
+    from sam3d_med.model.placement import mean_of_draws_at
+
+    affine = oblique_affine()
+    points = grid_points_mm((24, 24, 24), affine)
+    draws, coarse = two_draws_on(points, affine)
+    coarse = coarse[0].numpy()
+    fine_shape, fine_affine = finer_surface_grid(coarse, affine)
+    np.testing.assert_allclose(np.linalg.norm(fine_affine[:3, :3], axis=0), 1.0)  # 3 mm / 3, same orientation
+    fine = mean_of_draws_at(draws, 0, grid_points_mm(fine_shape, fine_affine)).numpy()
+    assert fine.shape == fine_shape
+    box = bounding_box(coarse > 0, margin=2)
+    # every scan voxel centre is a fine voxel centre, with the same value there (round trip through world mm)
+    np.testing.assert_allclose(fine[1::3, 1::3, 1::3], coarse[box], atol=1e-4)
+    fine_mesh, coarse_mesh = surface_of_logits(fine, fine_affine), surface_of_logits(coarse, affine)
+    assert len(fine_mesh.faces) > 4 * len(coarse_mesh.faces)
+    assert abs(fine_mesh.volume / coarse_mesh.volume - 1) < 0.1
+    assert finer_surface_grid(np.full((8, 8, 8), -5.0), affine) is None  # nothing predicted, no grid

@@ -19,7 +19,8 @@ Geometry, step by step:
    (linear interpolation), so the output NIfTI has the scan's shape, affine and orientation and
    overlays it in 3D Slicer / ITK-SNAP. The mask is probability >= 0.5.
 6. The surface mesh (world mm, outward normals) is extracted in the object cube (finer than the scan
-   for a small structure) and mapped to world mm by the pose; in the volume frame on the grid.
+   for a small structure) and mapped to world mm by the pose; for the mean of several draws on a grid
+   3 x finer than the scan's around the structure; in the volume frame on the grid.
 """
 
 from __future__ import annotations
@@ -35,14 +36,15 @@ from scipy import ndimage, special
 
 from ..data.crop import AIR_HU
 from ..data.dataset import condition_inputs
-from ..data.geometry import resample_isotropic, take_slice, voxel_to_world, world_grid, world_to_voxel
+from ..data.geometry import (bounding_box, resample_isotropic, take_slice, voxel_to_world, world_grid,
+                             world_to_voxel)
 from ..data.preprocess import window_ct
 from ..data.volume_window import VolumeWindow, window_around, window_around_plane
 from ..data.surfaces import mask_surface_mesh, mesh_obj_text, voxel_volume_mm3
 from ..errors import InputError
 from ..io.atomic import atomic_path, atomic_write_text
 from ..io.nifti import Volume, grid_mismatch, load_volume, save_volume, voxel_spacing_mm
-from ..model.placement import grid_points_mm, impose_input_slice, reconstruct_on_grid
+from ..model.placement import grid_points_mm, impose_input_slice, mean_of_draws_at, reconstruct_on_grid
 from ..viz.slices import from_display
 
 
@@ -178,7 +180,8 @@ class Reconstruction:
     """One reconstruction on a grid, and where its surface is best extracted."""
 
     logits: np.ndarray  # [i, j, k] on the grid it was asked for
-    surface_logits: np.ndarray  # object frame: the cube's logits [a, b, c]; volume frame: ``logits``
+    surface_logits: np.ndarray  # object frame: the cube's logits [a, b, c] (several draws: their mean on a finer
+    # grid, ``finer_surface_grid``); volume frame: ``logits``
     surface_affine: np.ndarray  # (4, 4): index of ``surface_logits`` -> world mm
 
 
@@ -189,6 +192,27 @@ def cube_affine(rotation: np.ndarray, translation_mm: np.ndarray, scale_mm: np.n
     affine[:3, :3] = np.asarray(rotation) @ np.diag(np.asarray(scale_mm) / n)
     affine[:3, 3] = np.asarray(translation_mm) + np.asarray(rotation) @ (np.asarray(scale_mm) * (0.5 / n - 0.5))
     return affine
+
+
+SURFACE_SUPERSAMPLING = 3  # the mean of several draws is meshed on a grid this much finer than the scan's
+SURFACE_MARGIN_VOXELS = 2  # that grid covers the predicted structure's box on the scan grid grown by this
+
+
+def finer_surface_grid(logits_ijk: np.ndarray, affine: np.ndarray, factor: int = SURFACE_SUPERSAMPLING):
+    """The grid on which the mean of several object-frame draws is meshed: the box of ``logits_ijk``
+    > 0 on the scan grid (``affine``: index -> world mm), grown by ``SURFACE_MARGIN_VOXELS``, with
+    ``factor`` x finer voxels in the same orientation; each scan voxel centre i is the fine voxel
+    centre factor * (i - lo) + (factor - 1) / 2 (odd ``factor``). Returns (shape, affine) or None
+    (nothing predicted)."""
+    inside = np.asarray(logits_ijk) > 0
+    if not inside.any():
+        return None
+    box = bounding_box(inside, margin=SURFACE_MARGIN_VOXELS)
+    lo = np.array([b.start for b in box], dtype=np.float64)
+    to_scan_index = np.eye(4)  # fine index f -> scan index lo - 1/2 + (f + 1/2) / factor
+    to_scan_index[:3, :3] /= factor
+    to_scan_index[:3, 3] = lo - 0.5 + 0.5 / factor
+    return tuple((b.stop - b.start) * factor for b in box), np.asarray(affine, dtype=np.float64) @ to_scan_index
 
 
 def reconstruct_logits(model, inputs: list[dict], shape_ijk, affine: np.ndarray, *, frame: str, seed: int = 0,
@@ -217,13 +241,20 @@ def reconstruct_logits(model, inputs: list[dict], shape_ijk, affine: np.ndarray,
                 logits = impose_input_slice(logits, *planes)
         logits = logits.float().cpu().numpy()
         for b in range(logits.shape[0]):
+            fine_grid = finer_surface_grid(logits[b], affine) if result.draws else None
             if frame == "object" and result.cube_logits is not None:
                 pose = result.pose_world
                 cube = result.cube_logits[b, 0].float().cpu().numpy()
                 out.append(Reconstruction(logits[b], cube, cube_affine(pose.rotation[b].cpu().numpy(),
                                                                        pose.translation[b].cpu().numpy(),
                                                                        pose.scale[b].cpu().numpy(), cube.shape[0])))
-            else:  # the volume frame, or the mean of several draws: the surface on the grid
+            elif fine_grid is not None:
+                # the mean of several draws has no one cube: its surface on a grid finer than the scan's,
+                # from the draws' cubes and poses (sub-voxel, as a single draw's cube mesh)
+                fine_shape, fine_affine = fine_grid
+                fine = mean_of_draws_at(result.draws, b, grid_points_mm(fine_shape, fine_affine, device))
+                out.append(Reconstruction(logits[b], fine.cpu().numpy(), fine_affine))
+            else:  # the volume frame, or nothing predicted: the surface on the grid
                 out.append(Reconstruction(logits[b], logits[b], np.asarray(affine, dtype=np.float64)))
     return out
 

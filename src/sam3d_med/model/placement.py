@@ -34,6 +34,18 @@ class GridReconstruction:
     logits: torch.Tensor  # (B, I, J, K) float32 on the grid
     cube_logits: torch.Tensor | None = None  # (B, 1, n, n, n) object frame: the shape in its cube
     pose_world: Pose | None = None  # object frame: cube -> world mm (p = R (s x) + t)
+    draws: list["GridReconstruction"] | None = None  # object frame, several draws: each one's cube and pose
+
+
+def mean_of_draws_at(draws: list[GridReconstruction], sample: int, points_mm: torch.Tensor) -> torch.Tensor:
+    """Logits of the mean probability of object-frame ``draws`` (cube and world pose each) for batch
+    element ``sample``, at any points ``points_mm`` (1, I, J, K, 3) world mm: (I, J, K). What
+    ``reconstruct_on_grid`` averages on the grid, anywhere else (a finer grid for the surface)."""
+    probability = sum(torch.sigmoid(place_cubes_on_grid(
+        d.cube_logits[sample:sample + 1], d.pose_world.rotation[sample:sample + 1],
+        d.pose_world.translation[sample:sample + 1], d.pose_world.scale[sample:sample + 1],
+        points_mm.to(d.cube_logits.device))[0].float()) for d in draws) / len(draws)
+    return torch.logit(probability.clamp(PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR))
 
 
 def grid_points_mm(shape_ijk, affine: np.ndarray, device=None) -> torch.Tensor:
@@ -59,15 +71,16 @@ def reconstruct_on_grid(model: SparseStructureModel, inputs: dict[str, torch.Ten
     world mm; object frame only: in the volume frame the grid is the model's own).
     ``input_planes``: (axes, indices, masks) of each sample's input slice on that grid; given, the
     object frame's pose is fitted to it (``fit_pose_to_input_planes``). With ``sampler.samples`` > 1
-    the logits are those of the mean probability of that many draws (seeds ``seed`` onwards), and
-    there is no single cube or pose to return."""
+    the logits are those of the mean probability of that many draws (seeds ``seed`` onwards): there is
+    no single cube or pose, and in the object frame ``draws`` holds each draw's (``mean_of_draws_at``)."""
     samples = int(getattr(sampler, "samples", 1) or 1)
     if samples > 1:
         one = replace(sampler, samples=1)
-        probability = sum(torch.sigmoid(reconstruct_on_grid(model, inputs, frame, grid_points, seed=seed + k, sampler=one,
-                                                           one_step=one_step, input_planes=input_planes).logits.float())
-                          for k in range(samples)) / samples
-        return GridReconstruction(torch.logit(probability.clamp(PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)))
+        draws = [reconstruct_on_grid(model, inputs, frame, grid_points, seed=seed + k, sampler=one, one_step=one_step,
+                                     input_planes=input_planes) for k in range(samples)]
+        probability = sum(torch.sigmoid(d.logits.float()) for d in draws) / samples
+        return GridReconstruction(torch.logit(probability.clamp(PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)),
+                                  draws=draws if frame == "object" else None)
     logits, pose = model.generate(inputs, seed=seed, sampler=sampler, one_step=one_step)
     if frame == "volume":
         return GridReconstruction(logits[:, 0])
