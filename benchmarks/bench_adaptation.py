@@ -62,9 +62,10 @@ def training_config(args, frame: str, train_cache: Path, checkpoint_dir: Path):
                  f"lora.rank={args.lora_rank}", f"lora.alpha={2 * args.lora_rank}", f"lora.include_mlp={args.lora_mlp}",
                  f"device={args.device}", "data.num_workers=0", f"seed={args.seed}",
                  f"latent_targets.steps={args.inversion_steps}", f"data.epoch={args.epoch_mode}",
-                 "validation.reconstructions=15", *args.overrides]
-    if args.sampler_steps is not None:  # validation and the inversion's start sample as evaluated
-        overrides += [f"validation.sampler_steps={args.sampler_steps}", f"latent_targets.init_steps={args.sampler_steps}"]
+                 "validation.reconstructions=15",
+                 # validation and the inversion's start sample with the evaluation's steps
+                 f"validation.sampler_steps={args.sampler_steps}", f"latent_targets.init_steps={args.sampler_steps}",
+                 *args.overrides]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         return compose(config_name="train", overrides=overrides)
 
