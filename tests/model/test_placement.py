@@ -104,7 +104,7 @@ def test_several_draws_give_the_logit_of_their_mean_probability(tiny_model):
 def two_draws_on(points, affine):
     """Two object-frame draws (an ellipsoid cube at two nearby world poses) placed on a grid, as
     ``reconstruct_on_grid`` returns them, and the logits of their mean probability there."""
-    from sam3d_med.model.placement import PROBABILITY_FLOOR, GridReconstruction
+    from sam3d_med.model.placement import GridReconstruction, logit_of_mean_probability
 
     cube = ellipsoid_cube_logits()
     centre = torch.tensor(voxel_to_world(np.array([[11.5, 11.5, 11.5]]), affine)[0], dtype=torch.float32)
@@ -113,8 +113,7 @@ def two_draws_on(points, affine):
         pose = Pose(torch.eye(3)[None], (centre + torch.tensor(shift))[None], torch.full((1, 3), 40.0))
         draws.append(GridReconstruction(place_cubes_on_grid(cube, pose.rotation, pose.translation, pose.scale, points),
                                         cube, pose))
-    mean = sum(torch.sigmoid(d.logits) for d in draws) / 2
-    return draws, torch.logit(mean.clamp(PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR))
+    return draws, logit_of_mean_probability([d.logits for d in draws])
 
 
 def test_the_mean_of_draws_is_meshed_on_a_finer_grid_that_agrees_with_the_scan_grid():

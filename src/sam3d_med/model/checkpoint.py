@@ -35,6 +35,10 @@ from ..errors import InputError
 from .release_files import FILES  # noqa: F401 (imported from here by callers)
 from .sam3d import SparseStructureModel
 
+GENERATOR_PREFIX = "_base_models.generator.reverse_fn.backbone."
+CONDITION_PREFIX = "_base_models.condition_embedder."
+log = logging.getLogger("sam3d_med.model")
+
 
 def tensors_digest(state) -> str:
     """SHA-256 of named tensors (a state dict: names, shapes, dtypes and values, in name order):
@@ -44,10 +48,6 @@ def tensors_digest(state) -> str:
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-GENERATOR_PREFIX = "_base_models.generator.reverse_fn.backbone."
-CONDITION_PREFIX = "_base_models.condition_embedder."
-log = logging.getLogger("sam3d_med.model")
 
 
 class CheckpointError(InputError):

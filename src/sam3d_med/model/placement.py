@@ -41,10 +41,15 @@ def mean_of_draws_at(draws: list[GridReconstruction], sample: int, points_mm: to
     """Logits of the mean probability of object-frame ``draws`` (cube and world pose each) for batch
     element ``sample``, at any points ``points_mm`` (1, I, J, K, 3) world mm: (I, J, K). What
     ``reconstruct_on_grid`` averages on the grid, anywhere else (a finer grid for the surface)."""
-    probability = sum(torch.sigmoid(place_cubes_on_grid(
+    return logit_of_mean_probability([place_cubes_on_grid(
         d.cube_logits[sample:sample + 1], d.pose_world.rotation[sample:sample + 1],
         d.pose_world.translation[sample:sample + 1], d.pose_world.scale[sample:sample + 1],
-        points_mm.to(d.cube_logits.device))[0].float()) for d in draws) / len(draws)
+        points_mm.to(d.cube_logits.device))[0] for d in draws])
+
+
+def logit_of_mean_probability(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Logits of the mean probability of several draws' logits (clamped to [floor, 1 - floor] first)."""
+    probability = sum(torch.sigmoid(x.float()) for x in logits) / len(logits)
     return torch.logit(probability.clamp(PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR))
 
 
@@ -78,8 +83,7 @@ def reconstruct_on_grid(model: SparseStructureModel, inputs: dict[str, torch.Ten
         one = replace(sampler, samples=1)
         draws = [reconstruct_on_grid(model, inputs, frame, grid_points, seed=seed + k, sampler=one, one_step=one_step,
                                      input_planes=input_planes) for k in range(samples)]
-        probability = sum(torch.sigmoid(d.logits.float()) for d in draws) / samples
-        return GridReconstruction(torch.logit(probability.clamp(PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)),
+        return GridReconstruction(logit_of_mean_probability([d.logits for d in draws]),
                                   draws=draws if frame == "object" else None)
     logits, pose = model.generate(inputs, seed=seed, sampler=sampler, one_step=one_step)
     if frame == "volume":
