@@ -136,21 +136,51 @@ def cmd_model_info(args) -> int:
     from .model.sam3d import SparseStructureModel, parameter_counts
 
     config = get_preset(args.preset)
+    encoder = None
     if args.config_dir:
+        from .model.release_files import encoder_status
+
         if not Path(args.config_dir).is_dir():
             raise Sam3dMedError(f"--config_dir {args.config_dir}: folder does not exist")
-        changed = apply_official_yaml(config, args.config_dir)
+        encoder = encoder_status(args.config_dir)
+        changed = apply_official_yaml(config, args.config_dir, with_encoder=encoder.usable)
         print(f"from {args.config_dir}: " + (", ".join(changed) if changed else "no size or sampler changes"))
     with torch.device("meta"):  # shapes only: no memory for the weights
-        model = SparseStructureModel(config)
+        model = SparseStructureModel(config, with_encoder=encoder is None or encoder.usable)
     vit, point = config.image_vit, config.point
     print(f"preset {config.name}: latent {config.flow.resolution}^3 x {config.flow.latent_channels}, "
           f"occupancy {config.occupancy_resolution}^3, flow width {config.flow.model_channels} x {config.flow.num_blocks} blocks")
     print(f"condition: Dino input {vit.input_size} px (position embedding stored for {vit.img_size} px), "
           f"{vit.tokens} tokens per image or mask stream, {point.tokens} per pointmap stream: "
           f"{config.condition_tokens:,d} condition tokens x {config.cond_dim}")
+    sampler = config.sampler
+    print(f"sampler: {sampler.steps} Euler steps, time rescale {sampler.rescale_t:g}, guidance {sampler.cfg_strength:g} "
+          f"over model time [{sampler.cfg_interval[0]:g}, {sampler.cfg_interval[1]:g}]")
+    if encoder is not None:
+        print(encoder.describe() + (": flow targets from the encoder (latent_targets.source=auto)" if encoder.usable
+                                    else ": flow targets from inverting the released decoder"))
     for name, count in parameter_counts(model).items():
         print(f"  {name:58s} {count:>15,d}  ({count / 1e6:,.1f} M)")
+    return 0
+
+
+def cmd_check_release(args) -> int:
+    from .data.preprocess import load_manifest
+    from .model.release_files import require_encoder, require_weights_folder
+
+    if args.cases < 0:
+        raise Sam3dMedError("--cases must be 0 (all) or more")
+    if args.device not in ("cpu", "cuda"):
+        raise Sam3dMedError(f"--device must be cpu or cuda (got {args.device!r})")
+    require_weights_folder(args.config_dir)
+    require_encoder(args.config_dir)
+    load_manifest(args.data_root)  # before torch: a wrong path is one line at once
+    from .train.release_check import check_release, report
+    from .train.trainer import resolve_device
+
+    device = str(resolve_device(args.device))
+    result = check_release(args.config_dir, args.data_root, args.cases or None, device=device)
+    print(report(result, device))
     return 0
 
 
@@ -428,6 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="sam3d", help="sam3d (official sizes) or tiny")
     p.add_argument("--config_dir", default=None, help="folder with the official YAML files to read sizes from")
     p.set_defaults(func=cmd_model_info)
+    p = sub.add_parser("check-release", help="round trips of your structures through the released SS encoder and "
+                                              "decoder, as solids and as surface shells (CPU): which data.occupancy")
+    p.add_argument("--config_dir", default="checkpoints/hf", help="the downloaded release (step 1's --out)")
+    p.add_argument("--data_root", required=True, help="preprocessed cache (manifest.json)")
+    p.add_argument("--cases", type=int, default=5, help="cases to measure (the first N of the cache; 0: all)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(func=cmd_check_release)
     p = sub.add_parser("eval", help="evaluate a checkpoint on a test cache (Dice, HD95, Chamfer, NSD; baselines)")
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)

@@ -4,11 +4,13 @@ Meta's weights cannot be downloaded on a CPU-only machine (nor in CI), so the de
 rehearse the user's workflow on a stand-in: the release's architecture at the ``rehearsal`` preset's
 sizes, pretrained from scratch on a *source* population that is not hearts (generic shapes in
 CT-like volumes, ``data.shapes``), in the object frame, as SAM3D was pretrained on generic objects.
-Every weight trains (the VAE too); then the model is packaged like the release
+Every weight trains (the VAE too); then the model is packaged like the release is today
 (``save_official_layout(release=True)``: the same file names under ``checkpoints/``, YAML in the
-official schema, a Lightning-style generator checkpoint, an fp16 decoder, 0-byte encoder
-placeholders: the encoder is dropped, as Meta did not release theirs). Every difference from the
-real release is a size in its YAML.
+official schema, a Lightning-style generator checkpoint, fp16 decoder and encoder: ``ss_encoder.ckpt``
+is the rehearsal base's own encoder, trained with its decoder, as Meta released theirs on
+2026-06-01). Every difference from the real release is a size in its YAML. Snapshots from before
+then (0-byte encoder placeholders) are rehearsed with ``save_official_layout(...,
+encoder_released=False)``.
 
 ``pretrain_rehearsal`` runs the whole recipe reproducibly (fixed seeds, fixed step counts, one
 process) and writes the release folder and its training log.
@@ -100,6 +102,9 @@ shapes (not hearts), in the object frame. Made by `python scripts/pretrain_rehea
 - training: {cfg.training.epochs} epochs x {cfg.training.max_steps_per_epoch} steps of batch
   {cfg.training.batch_size}, every weight (VAE included), learning rate {cfg.training.learning_rate},
   seed {cfg.seed}; the packaged weights are those of the last step
+- the SS encoder (`ss_encoder.ckpt`, fp16, with `ss_encoder.yaml`) is the base's own, trained jointly
+  with its decoder (the flow's targets during pretraining were its posterior means), as Meta's
+  release holds its encoder since 2026-06-01
 
 Validation (held-out generic-shape cases; Dice on the scan grid of reconstructions sampled from pure
 noise, and of the one-step estimate from pure noise):

@@ -94,9 +94,9 @@ def test_truncated_corrupt_and_foreign_files(tiny_model, tmp_path):
     path.write_bytes(b"garbage" * 100)
     with pytest.raises(CheckpointError, match="unreadable"):
         read_state_dict(path)
-    (tmp_path / FILES["encoder"]).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json")
+    (tmp_path / "ss_encoder.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json")
     with pytest.raises(CheckpointError, match="unreadable"):
-        read_state_dict(tmp_path / FILES["encoder"])
+        read_state_dict(tmp_path / "ss_encoder.safetensors")
     torch.save({"state_dict": {"model.weight": torch.zeros(2)}}, path)
     with pytest.raises(CheckpointError, match="not an ss_generator checkpoint"):
         load_official_checkpoints(tiny_model, tmp_path, components=("generator",))

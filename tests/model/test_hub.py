@@ -17,13 +17,15 @@ REPO = "facebook/sam-3d-objects"
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "download_hf_checkpoints.py"
 
 
-def official_like_files() -> dict[str, bytes]:
-    """Small files in the layout of the official repository (under checkpoints/), with its 0-byte
-    encoder placeholders."""
+def official_like_files(encoder: bool = False) -> dict[str, bytes]:
+    """Small files in the layout of the official repository (under checkpoints/): a snapshot from
+    before 2026-06-01 with its 0-byte encoder placeholders, or (``encoder``) today's release with
+    ``ss_encoder.ckpt`` and its YAML, named so by pipeline.yaml."""
+    encoder_file = "ss_encoder.ckpt" if encoder else "ss_encoder.safetensors"
     pipeline = {
         "ss_generator_config_path": "ss_generator.yaml", "ss_generator_ckpt_path": "ss_generator.ckpt",
         "ss_decoder_config_path": "ss_decoder.yaml", "ss_decoder_ckpt_path": "ss_decoder.ckpt",
-        "ss_encoder_config_path": "ss_encoder.yaml", "ss_encoder_ckpt_path": "ss_encoder.safetensors",
+        "ss_encoder_config_path": "ss_encoder.yaml", "ss_encoder_ckpt_path": encoder_file,
         "slat_generator_config_path": "slat_generator.yaml", "slat_generator_ckpt_path": "slat_generator.ckpt",
         "ss_inference_steps": 25,
     }
@@ -36,7 +38,8 @@ def official_like_files() -> dict[str, bytes]:
         "pipeline.yaml": yaml.safe_dump(pipeline).encode(),
         "ss_generator.yaml": b"model: {depth: 24}\n", "ss_generator.ckpt": generator,
         "ss_decoder.yaml": b"model: {channels: [512, 128, 32]}\n", "ss_decoder.ckpt": buf.getvalue(),
-        "ss_encoder.yaml": b"", "ss_encoder.safetensors": b"",
+        "ss_encoder.yaml": b"channels: [32, 128, 512]\n" if encoder else b"",
+        encoder_file: buf.getvalue() if encoder else b"",
         "slat_generator.yaml": b"model: {}\n", "slat_generator.ckpt": buf.getvalue(),
     }
     return {f"checkpoints/{k}": v for k, v in files.items()}
@@ -81,11 +84,38 @@ def test_download_with_token_resumes_an_interrupted_transfer_and_verifies(tmp_pa
         assert p.read_bytes() == files[f"checkpoints/{p.name}"]
     assert not (out / "slat_generator.ckpt").exists()
     assert sorted(result.placeholders) == ["ss_encoder.safetensors", "ss_encoder.yaml"]
-    assert "not released by Meta (0-byte placeholder in the repository): ss_encoder." in result.summary()
+    assert "0-byte placeholders in this snapshot: ss_encoder." in result.summary()
+    assert ("SS encoder: ss_encoder.safetensors is a 0-byte placeholder (a snapshot or mirror from before Meta "
+            "released the encoder on 2026-06-01): no usable encoder") in result.summary()
     info = json.loads((out / "download_info.json").read_text())
-    assert sorted(info["not_released_placeholders"]) == ["ss_encoder.safetensors", "ss_encoder.yaml"]
+    assert sorted(info["placeholders"]) == ["ss_encoder.safetensors", "ss_encoder.yaml"] and info["encoder"] == "placeholder"
     loaded = torch.load(out / "ss_generator.ckpt", weights_only=True)
     assert torch.equal(loaded["state_dict"]["w"], torch.arange(300_000, dtype=torch.float32))
+
+
+def test_todays_release_brings_its_encoder_and_says_it_is_usable(tmp_path):
+    """pipeline.yaml names ss_encoder.ckpt (the release since 2026-06-01): fetched, verified, reported."""
+    files = official_like_files(encoder=True)
+    with HubStub(REPO, files) as hub:
+        result = download_checkpoints(REPO, tmp_path, endpoint=hub.endpoint, log=lambda m: None)
+    assert sorted(p.name for p in result.files) == sorted(["pipeline.yaml", "ss_generator.yaml", "ss_generator.ckpt",
+                                                           "ss_decoder.yaml", "ss_decoder.ckpt", "ss_encoder.yaml",
+                                                           "ss_encoder.ckpt"])
+    assert result.placeholders == [] and "7 files verified" in result.summary()
+    assert "SS encoder: ss_encoder.ckpt (0.0 MB), released weights: usable; training takes its flow targets from " \
+           "the encoder" in result.summary()
+    assert json.loads((tmp_path / "download_info.json").read_text())["encoder"] == "released"
+    # a damaged encoder is a failed verification, as any other checkpoint
+    files["checkpoints/ss_encoder.ckpt"] = b"not a checkpoint"
+    with HubStub(REPO, files) as hub, pytest.raises(DownloadError, match="ss_encoder.ckpt: not a torch checkpoint"):
+        download_checkpoints(REPO, tmp_path / "damaged", endpoint=hub.endpoint, log=lambda m: None)
+    # a revision without the encoder's files (pipeline.yaml names them): the stage runs without, said so
+    del files["checkpoints/ss_encoder.ckpt"], files["checkpoints/ss_encoder.yaml"]
+    with HubStub(REPO, files) as hub:
+        result = download_checkpoints(REPO, tmp_path / "without", endpoint=hub.endpoint, log=lambda m: None)
+    assert sorted(result.absent) == ["ss_encoder.ckpt", "ss_encoder.yaml"]
+    assert "not in the repository at this revision: ss_encoder.yaml, ss_encoder.ckpt" in result.summary()
+    assert "SS encoder: ss_encoder.ckpt absent: no usable encoder" in result.summary()
 
 
 def test_rerun_fetches_nothing_again(tmp_path):
@@ -168,8 +198,7 @@ def test_tutorial_command_against_the_stub(tmp_path):
         done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "5 files verified in checkpoints/hf" in done.stdout
-    assert ("not released by Meta (0-byte placeholder in the repository): ss_encoder.safetensors, ss_encoder.yaml"
-            in done.stdout)
+    assert "0-byte placeholders in this snapshot: ss_encoder.yaml, ss_encoder.safetensors" in done.stdout
     assert "inverting the released decoder" in done.stdout
     assert (tmp_path / "checkpoints" / "hf" / "ss_encoder.safetensors").stat().st_size == 0
 

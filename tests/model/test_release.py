@@ -59,15 +59,16 @@ def test_placeholders_and_truncated_files_give_one_line(tmp_path):
 
 
 def test_build_from_a_folder_packaged_like_the_release(tiny_model, tmp_path):
-    save_official_layout(tiny_model, tmp_path, release=True)
-    assert (tmp_path / FILES["encoder"]).stat().st_size == 0 and (tmp_path / "ss_encoder.yaml").stat().st_size == 0
+    save_official_layout(tiny_model, tmp_path, release=True, encoder_released=False)  # a snapshot before 2026-06-01
+    assert (tmp_path / "ss_encoder.safetensors").stat().st_size == 0 and (tmp_path / "ss_encoder.yaml").stat().st_size == 0
     assert read_state_dict(tmp_path / FILES["decoder"])["input_layer.weight"].dtype == torch.float16
     raw = torch.load(tmp_path / FILES["generator"], weights_only=False)
     assert {"state_dict", "hyper_parameters", "pytorch-lightning_version"} <= set(raw)
     messages = []
     built = build_from_folder(tmp_path, preset="sam3d", log=messages.append).eval()  # sizes from the YAML
     assert built.encoder is None and built.cfg == dataclasses.replace(tiny_model.cfg, name="sam3d")
-    assert any("not released by Meta" in m for m in messages)
+    assert any("ss_encoder.safetensors is a 0-byte placeholder" in m and "inverting the released decoder" in m
+               for m in messages)
     with torch.no_grad():
         cond = built.condition_embedder(**condition_inputs())
         assert torch.equal(cond, tiny_model.condition_embedder(**condition_inputs()))

@@ -1,25 +1,32 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from sam3d_med.data.dataset import load_manifest
+from sam3d_med.errors import ConfigError
 from sam3d_med.model.config import VAEConfig
-from sam3d_med.model.vae import SparseStructureDecoder
+from sam3d_med.model.vae import SparseStructureDecoder, SparseStructureEncoder
 from sam3d_med.train.latent_targets import (InversionSettings, case_occupancies, decoder_fingerprint,
-                                            ensure_latent_targets, invert_decoder, round_trip_summary)
+                                            encode_occupancy, ensure_latent_targets, invert_decoder, resolve_source,
+                                            round_trip_summary)
 
 
 def small_decoder(seed=0, channels=(16, 8, 4)):
     """A decoder of the official structure (16^3 x 8 latent -> 64^3) with few channels, its
     zero-initialised convolutions perturbed so that it is not the identity."""
     torch.manual_seed(seed)
-    decoder = SparseStructureDecoder(VAEConfig(channels=list(channels), num_res_blocks=1, num_res_blocks_middle=1))
+    return perturbed(SparseStructureDecoder(VAEConfig(channels=list(channels), num_res_blocks=1, num_res_blocks_middle=1)))
+
+
+def perturbed(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` in eval mode with its zero-initialised weights drawn small (not the identity)."""
     with torch.no_grad():
-        for p in decoder.parameters():
+        for p in module.parameters():
             if p.abs().sum() == 0:
                 p.normal_(0, 0.05)
-    return decoder.eval()
+    return module.eval()
 
 
 def test_inversion_recovers_shapes_the_decoder_can_make():
@@ -92,3 +99,60 @@ def test_targets_are_cached_per_case_resumable_and_reported(cache_dir, tmp_path)
     line, worst = round_trip_summary(folder, cases, {1: "left_atrium"})
     assert 0 <= worst <= 1
     assert line.startswith("round trip, Dice of decoder(target latent) vs true occupancy") and "left_atrium" in line
+
+
+def small_encoder(seed=0, channels=(8, 4, 4)):
+    """The mirror of ``small_decoder`` (64^3 -> 16^3 x 8), perturbed likewise."""
+    torch.manual_seed(seed)
+    return perturbed(SparseStructureEncoder(VAEConfig(channels=list(channels), num_res_blocks=1, num_res_blocks_middle=1)))
+
+
+def test_encoder_targets_are_its_posterior_means_refined_where_the_round_trip_is_poor(cache_dir):
+    manifest = load_manifest(cache_dir)
+    case = manifest["cases"][0]
+    decoder, encoder = small_decoder(channels=(8, 4, 4)), small_encoder()
+    shape = (8, 16, 16, 16)
+    # every round trip accepted: the targets are exactly the encoder's means, nothing refined
+    accept = InversionSettings(steps=4, batch_size=3, target_dice=0.0)
+    folder = ensure_latent_targets(cache_dir, [case], decoder, accept, torch.device("cpu"), shape, 64, frame="object",
+                                   encoder=encoder, progress=False)
+    identity = json.loads((folder / "settings.json").read_text())
+    assert identity["source"] == "encoder" and identity["encoder_sha256"] == decoder_fingerprint(encoder)
+    assert "init" not in identity["settings"] and "generator" not in identity
+    occupancy = torch.from_numpy(case_occupancies(cache_dir, case, "object", 64)).float()
+    latents = np.load(folder / f"{case['case_id']}.npy")
+    record = json.loads((folder / f"{case['case_id']}.json").read_text())
+    present = [k for k in range(occupancy.shape[0]) if occupancy[k].any()]
+    means = encode_occupancy(encoder, occupancy[present][:, None])
+    assert np.allclose(latents[present], means.numpy(), atol=1e-6)
+    assert means.shape == (len(present), *shape)
+    assert [record["refined"][k] for k in present] == [False] * len(present)
+    assert [record["dice"][k] for k in present] == [record["encoder_dice"][k] for k in present]
+    # a round trip below target_dice: refined by inversion from the encoder's mean, never worse than it
+    strict = InversionSettings(steps=4, batch_size=3, target_dice=1.01)
+    refined = ensure_latent_targets(cache_dir, [case], decoder, strict, torch.device("cpu"), shape, 64, frame="object",
+                                    encoder=encoder, progress=False)
+    assert refined != folder
+    record = json.loads((refined / f"{case['case_id']}.json").read_text())
+    assert all(record["refined"][k] for k in present)
+    assert all(record["dice"][k] >= record["encoder_dice"][k] for k in present)
+    assert not np.allclose(np.load(refined / f"{case['case_id']}.npy")[present], means.numpy())
+    line, _ = round_trip_summary(refined, [case], {})
+    assert "encoder alone" in line and "refined 1" in line
+    # another encoder, or the shell instead of the solid: other targets
+    other = ensure_latent_targets(cache_dir, [case], decoder, accept, torch.device("cpu"), shape, 64, frame="object",
+                                  encoder=small_encoder(seed=1), progress=False)
+    shells = ensure_latent_targets(cache_dir, [case], decoder, accept, torch.device("cpu"), shape, 64, frame="object",
+                                   encoder=encoder, occupancy="surface", progress=False)
+    assert len({folder, other, shells}) == 3
+    assert json.loads((shells / "settings.json").read_text())["occupancy"] == "surface"
+
+
+def test_the_source_setting():
+    assert resolve_source("auto", has_encoder=True) == "encoder"
+    assert resolve_source("auto", has_encoder=False) == "inversion"
+    assert resolve_source("inversion", has_encoder=True) == "inversion"
+    with pytest.raises(ConfigError, match="latent_targets.source=encoder but checkpoints/hf has no usable SS encoder"):
+        resolve_source("encoder", has_encoder=False, where="checkpoints/hf")
+    with pytest.raises(ConfigError, match="must be one of auto, encoder, inversion"):
+        resolve_source("decoder", has_encoder=True)

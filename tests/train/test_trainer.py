@@ -188,3 +188,23 @@ def test_without_validation_cases_best_pt_is_chosen_by_training_loss_and_says_so
     assert len(losses) == 3 and summary["best_train_loss"] == min(losses.values())
     assert best["best_by"] == "train_loss" and best["best_train_loss"] == min(losses.values())
     assert losses[best["epoch"]] == min(losses.values())
+
+
+def test_surface_occupancy_trains_on_shells_and_reconstructs_solids(quick_config, tmp_path):
+    """data.occupancy=surface: the VAE and flow learn the structures' shells; the trained model's
+    reconstructions are the decoded shell filled back into a solid (what validation and evaluation score)."""
+    from sam3d_med.data.occupancy import solid_logits_from_shell
+    from sam3d_med.model.flow_transformer import SHAPE
+    from sam3d_med.train.trainer import load_model_from_checkpoint
+    from tests.model.conftest import condition_inputs
+
+    summary = train(quick_config("data.occupancy=surface"), tmp_path / "run")
+    assert summary["status"] == "completed"
+    model, payload = load_model_from_checkpoint(tmp_path / "ckpt" / "last.pt")
+    assert payload["config"]["data"]["occupancy"] == "surface" and model.occupancy == "surface"
+    inputs = condition_inputs(batch=1, size=32)
+    logits, _ = model.generate(inputs, seed=3)
+    decoded = model.decode_shape(model.sample(inputs, seed=3)[SHAPE]).float()
+    assert torch.equal(logits, solid_logits_from_shell(decoded))
+    with pytest.raises(ConfigError, match="data.occupancy"):
+        train(quick_config("data.occupancy=shell"), tmp_path / "bad")

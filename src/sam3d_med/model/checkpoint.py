@@ -7,8 +7,11 @@ Containers, as released:
   entries Lightning writes (``hyper_parameters``, often an OmegaConf ``DictConfig``,
   ``pytorch-lightning_version``, loop and optimizer states...).
 - ``ss_decoder.ckpt``: a flat state dict (possibly wrapped in ``state_dict``), fp16.
-- ``ss_encoder.safetensors`` (and ``ss_encoder.yaml``): 0-byte placeholders: Meta did not release
-  the encoder (``encoder_released`` says whether a folder has it).
+- ``ss_encoder.ckpt`` (and ``ss_encoder.yaml``): a flat state dict, fp16 (119 MB), as the official
+  ``SparseStructureEncoderTdfyWrapper`` reads it (``torch.load(weights_only=True)``, strict); released
+  on 2026-06-01. Snapshots and mirrors from before hold 0-byte placeholders ``ss_encoder.safetensors``
+  and ``ss_encoder.yaml`` (``release_files.encoder_status`` says which a folder has). pipeline.yaml
+  names each component's files; both ``.ckpt`` and ``.safetensors`` encoders are read.
 Files are read with ``weights_only=True``; a Lightning file that this refuses because of non-tensor
 metadata is read again by a restricted unpickler that rebuilds only what ``weights_only`` allows
 (tensors, containers, dtypes), stands an inert placeholder in for every other object, and never runs
@@ -32,7 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .release_files import FILES  # noqa: F401 (imported from here by callers)
+from .release_files import FILES, component_files, encoder_status  # noqa: F401 (FILES: imported from here by callers)
 from .sam3d import SparseStructureModel
 
 GENERATOR_PREFIX = "_base_models.generator.reverse_fn.backbone."
@@ -55,9 +58,8 @@ class CheckpointError(InputError):
 
 
 def encoder_released(folder: str | Path) -> bool:
-    """Whether ``folder`` holds the SS encoder's weights (not the release's 0-byte placeholder)."""
-    path = Path(folder) / FILES["encoder"]
-    return path.is_file() and path.stat().st_size > 0
+    """Whether ``folder`` holds usable SS encoder weights (not a 0-byte placeholder of an older snapshot)."""
+    return encoder_status(folder).usable
 
 
 class _Skipped:
@@ -206,15 +208,16 @@ def load_generator_checkpoint(model: SparseStructureModel, path: str | Path,
 
 
 def load_official_checkpoints(model: SparseStructureModel, folder: str | Path, components=("generator", "decoder", "encoder")) -> None:
-    """Load the official files from ``folder`` (the download's output) into ``model``; the encoder
-    only where the model has one."""
+    """Load the official files from ``folder`` (the download's output; names as its pipeline.yaml
+    gives them) into ``model``; the encoder only where the model has one."""
     folder = Path(folder)
+    files = component_files(folder)
     if "generator" in components:
-        load_generator_checkpoint(model, folder / FILES["generator"])
+        load_generator_checkpoint(model, folder / files["generator"][1])
     for name in ("decoder", "encoder"):
         if name in components and getattr(model, name) is not None:
-            path = folder / FILES[name]
-            _check_and_load(getattr(model, name), read_state_dict(path), path, name)
+            path = folder / files[name][1]
+            _check_and_load(getattr(model, name), read_state_dict(path), path, f"the SS {name}")
 
 
 def build_from_folder(folder: str | Path, preset: str = "sam3d", device: str | torch.device = "cpu",
@@ -223,31 +226,56 @@ def build_from_folder(folder: str | Path, preset: str = "sam3d", device: str | t
 
     Sizes and sampler settings come from the YAML files when present (else the preset); whether the
     DINOv2 backbones carry ``mask_token`` (the official ``prune_network`` option removes it) is read
-    from the generator file itself. Without released encoder weights (the real release: 0-byte
-    placeholders) the model has no encoder (``model.encoder is None``).
+    from the generator file itself. The SS encoder is built and loaded when the folder holds its
+    weights (today's release: ``ss_encoder.ckpt``); with a 0-byte placeholder (snapshots from before
+    2026-06-01) or none the model has no encoder (``model.encoder is None``) and training inverts the
+    decoder for its flow targets.
     """
     from .config import get_preset
     from .official_yaml import apply_official_yaml
 
     folder = Path(folder)
     config = get_preset(preset)
-    changed = apply_official_yaml(config, folder)
+    encoder = encoder_status(folder)
+    changed = apply_official_yaml(config, folder, with_encoder=encoder.usable)
     if changed:
         log(f"model sizes from {folder}: {', '.join(changed)}")
-    generator_path = folder / FILES["generator"]
+    generator_path = folder / component_files(folder)["generator"][1]
     state = read_state_dict(generator_path, log_fn=log)
     has_mask_token = any(k.endswith("backbone.mask_token") for k in state)
     config.image_vit.with_mask_token = config.mask_vit.with_mask_token = has_mask_token
-    with_encoder = encoder_released(folder)
-    if not with_encoder:
-        log(f"{FILES['encoder']}: not released by Meta (0-byte placeholder or absent): flow targets come from "
-            f"inverting the released decoder")
+    log(f"{encoder.describe()}: " + ("flow targets come from the encoder" if encoder.usable else
+                                      "flow targets come from inverting the released decoder"))
     with torch.device(device):
-        model = SparseStructureModel(config, with_encoder=with_encoder).to(dtype)
+        model = SparseStructureModel(config, with_encoder=encoder.usable).to(dtype)
     load_generator_checkpoint(model, generator_path, state)
     del state
     load_official_checkpoints(model, folder, components=("decoder", "encoder"))
     return model
+
+
+def load_vae_from_folder(folder: str | Path, preset: str = "sam3d", log=print):
+    """The released SS encoder and decoder of ``folder`` (sizes from its YAML, weights loaded
+    strictly), without the 6.7 GB generator: ``(encoder, decoder, config)``, float32, eval mode.
+    A folder without usable encoder weights (absent, or the 0-byte placeholder of a snapshot from
+    before 2026-06-01) is one line saying so."""
+    from .config import get_preset
+    from .official_yaml import apply_official_yaml
+    from .vae import SparseStructureDecoder, SparseStructureEncoder
+
+    from .release_files import require_encoder
+
+    folder = Path(folder)
+    encoder_state = require_encoder(folder)
+    config = get_preset(preset)
+    apply_official_yaml(config, folder, with_encoder=True)
+    files = component_files(folder)
+    encoder, decoder = SparseStructureEncoder(config.vae), SparseStructureDecoder(config.vae)
+    for module, name in ((encoder, "encoder"), (decoder, "decoder")):
+        path = folder / files[name][1]
+        _check_and_load(module, read_state_dict(path, log_fn=log), path, f"the SS {name}")
+    log(encoder_state.describe())
+    return encoder.eval(), decoder.eval(), config
 
 
 def lightning_container(state_dict: dict[str, torch.Tensor], hyper_parameters: dict) -> dict:
@@ -262,28 +290,33 @@ def lightning_container(state_dict: dict[str, torch.Tensor], hyper_parameters: d
 
 
 def save_official_layout(model: SparseStructureModel, folder: str | Path, dtype: torch.dtype | None = None,
-                         release: bool = False) -> None:
+                         release: bool = False, encoder_released: bool = True) -> None:
     """Write ``model`` in the official layout: checkpoints and YAML files (official schema).
 
-    ``release=True`` packages it exactly as Meta's release is: a Lightning-style generator file, an
-    fp16 decoder, and 0-byte placeholders for the encoder (``ss_encoder.safetensors``,
-    ``ss_encoder.yaml``); otherwise plain state dicts in ``dtype`` with the encoder's weights (tests,
-    export of merged weights)."""
+    ``release=True`` packages it exactly as Meta's release is today: a Lightning-style generator
+    file, fp16 decoder and encoder state dicts (``ss_encoder.ckpt`` with ``ss_encoder.yaml``); with
+    ``encoder_released=False`` (or a model without an encoder) as snapshots from before 2026-06-01
+    were: 0-byte placeholders ``ss_encoder.safetensors`` and ``ss_encoder.yaml``, named so by
+    pipeline.yaml. ``release=False``: plain state dicts in ``dtype``, the encoder as safetensors
+    (tests, export of merged weights)."""
     import yaml
     from safetensors.torch import save_file
 
     from ..io.atomic import atomic_path, atomic_write_bytes
     from .official_yaml import DECODER_YAML, ENCODER_YAML, GENERATOR_YAML, official_yaml_documents
+    from .release_files import OLDER_ENCODER_CHECKPOINT
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    with_encoder = model.encoder is not None and encoder_released
+    encoder_file = OLDER_ENCODER_CHECKPOINT if not with_encoder or not release else FILES["encoder"]
 
     def cast(state, to=dtype):
         return {k: (v.to(to) if to is not None and v.is_floating_point() else v).contiguous() for k, v in state.items()}
 
     documents = official_yaml_documents(model.cfg, {
         "ss_generator": (GENERATOR_YAML, FILES["generator"]), "ss_decoder": (DECODER_YAML, FILES["decoder"]),
-        "ss_encoder": (ENCODER_YAML, FILES["encoder"])})
+        "ss_encoder": (ENCODER_YAML, encoder_file)}, with_encoder=with_encoder)
     for name, document in documents.items():
         atomic_write_bytes(folder / name, yaml.safe_dump(document, sort_keys=False).encode())
     generator_state = {GENERATOR_PREFIX + k: v for k, v in cast(model.generator.state_dict()).items()}
@@ -293,9 +326,12 @@ def save_official_layout(model: SparseStructureModel, folder: str | Path, dtype:
         torch.save(container, tmp)
     with atomic_path(folder / FILES["decoder"]) as tmp:
         torch.save(cast(model.decoder.state_dict(), torch.float16 if release else dtype), tmp)
-    if release or model.encoder is None:
-        for name in (FILES["encoder"], ENCODER_YAML):
+    if not with_encoder:
+        for name in (encoder_file, ENCODER_YAML):
             atomic_write_bytes(folder / name, b"")
+    elif release:  # as the official wrapper reads it: a plain state dict, torch.load(weights_only=True)
+        with atomic_path(folder / encoder_file) as tmp:
+            torch.save(cast(model.encoder.state_dict(), torch.float16), tmp)
     else:
-        with atomic_path(folder / FILES["encoder"]) as tmp:
+        with atomic_path(folder / encoder_file) as tmp:
             save_file(cast(model.encoder.state_dict()), str(tmp))

@@ -13,11 +13,12 @@ Files are fetched with ``huggingface_hub.hf_hub_download`` into ``out_dir/.hf_do
 metadata makes re-runs skip finished files, and an interrupted transfer resumes from the partial
 file), then hard-linked (copied where links fail) into ``out_dir``. The folder is verified at the end.
 
-The release ships the SS encoder as 0-byte placeholders (``ss_encoder.safetensors``,
-``ss_encoder.yaml``: Meta never released the encoder; the official pipeline does not load it). Those
-are reported as "not released by Meta", not as a failed download: the command succeeds when every
-file the sparse-structure stage needs (generator and decoder, their YAML, pipeline.yaml) is there,
-and training then derives its flow targets from the released decoder.
+The SS encoder is fetched as pipeline.yaml names it: today's release holds ``ss_encoder.ckpt`` and
+``ss_encoder.yaml`` (Meta released the encoder on 2026-06-01); older snapshots and mirrors hold 0-byte
+placeholders (``ss_encoder.safetensors``, ``ss_encoder.yaml``), which are reported as such, not as a
+failed download. The command succeeds when every file the sparse-structure stage needs (generator and
+decoder, their YAML, pipeline.yaml) is there, and its summary says whether a usable encoder is: with
+one, training takes its flow targets from the encoder; without, from inverting the released decoder.
 """
 
 from __future__ import annotations
@@ -26,24 +27,20 @@ import os
 import shutil
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import yaml
 
 from ..errors import Sam3dMedError
 from ..io.atomic import atomic_path, atomic_write_json
+from .release_files import PIPELINE_FILE, RELEASE_FILES, encoder_status, named_in_pipeline
 
 DEFAULT_REPO = "facebook/sam-3d-objects"
 REPO_SUBFOLDER = "checkpoints"
-PIPELINE_FILE = "pipeline.yaml"
 SS_COMPONENTS = ("ss_generator", "ss_decoder", "ss_encoder")
 REQUIRED_COMPONENTS = ("ss_generator", "ss_decoder")  # what fine-tuning and sampling cannot do without
 # Used only for components that pipeline.yaml does not name (the names of the official release).
-FALLBACK_FILES = {
-    "ss_generator": ("ss_generator.yaml", "ss_generator.ckpt"),
-    "ss_decoder": ("ss_decoder.yaml", "ss_decoder.ckpt"),
-    "ss_encoder": ("ss_encoder.yaml", "ss_encoder.safetensors"),
-}
+FALLBACK_FILES = {f"ss_{component}": files for component, files in RELEASE_FILES.items()}
 STAGING_DIR = ".hf_download"
 INFO_FILE = "download_info.json"
 
@@ -53,17 +50,9 @@ class DownloadError(Sam3dMedError):
 
 
 def _files_by_component(pipeline: dict) -> dict[str, list[str]]:
-    """component -> file names (basenames) that pipeline.yaml names for it.
-
-    Keys look like ``ss_generator_config_path`` / ``ss_generator_ckpt_path``; values may carry a
-    folder or interpolation prefix, only the file name is kept."""
-    named: dict[str, list[str]] = {}
-    for key, value in (pipeline or {}).items():
-        if not isinstance(value, str) or not key.endswith(("_config_path", "_ckpt_path")):
-            continue
-        component = key.rsplit("_", 2)[0]
-        named.setdefault(component, []).append(PurePosixPath(value).name)
-    return named
+    """component -> file names (basenames) that pipeline.yaml names for it (config first)."""
+    return {component: [kinds[k] for k in ("config", "ckpt") if k in kinds]
+            for component, kinds in named_in_pipeline(pipeline).items()}
 
 
 def files_named_in_pipeline(pipeline: dict, everything: bool) -> list[str]:
@@ -108,13 +97,18 @@ def _explain_hub_error(exc: Exception, repo_id: str, endpoint: str, filename: st
     return DownloadError(f"download of {filename} from {repo_id} failed: {exc.__class__.__name__}: {exc}")
 
 
-def _fetch(repo_id: str, filename: str, staging: Path, revision: str, token: str | None, endpoint: str) -> Path:
+def _fetch(repo_id: str, filename: str, staging: Path, revision: str, token: str | None, endpoint: str,
+           optional: bool = False) -> Path | None:
+    """The downloaded file; None for an ``optional`` file the repository does not have."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub import errors as hf_errors
 
     try:
         path = hf_hub_download(repo_id, f"{REPO_SUBFOLDER}/{filename}", revision=revision, local_dir=staging,
                                token=token, endpoint=endpoint)
     except Exception as exc:  # every failure becomes one line; huggingface_hub raises many types
+        if optional and isinstance(exc, hf_errors.RemoteEntryNotFoundError):
+            return None
         raise _explain_hub_error(exc, repo_id, endpoint, filename) from None
     return Path(path)
 
@@ -172,17 +166,26 @@ def verify_checkpoint_folder(folder: str | Path, filenames: list[str], required:
 class DownloadResult:
     folder: Path
     files: list[Path] = field(default_factory=list)  # every file placed in ``folder``
-    placeholders: list[str] = field(default_factory=list)  # 0-byte files the repository holds (not released)
+    placeholders: list[str] = field(default_factory=list)  # 0-byte files the repository holds
+    absent: list[str] = field(default_factory=list)  # optional files pipeline.yaml names that the repository lacks
 
     def summary(self) -> str:
-        """What the user needs to know, in a few lines."""
+        """What the user needs to know, in a few lines: what was verified, and whether a usable SS
+        encoder is there (and so where training's flow targets will come from)."""
         verified = len(self.files) - len(self.placeholders)
         lines = [f"{verified} files verified in {self.folder}"]
         if self.placeholders:
-            lines.append(f"not released by Meta (0-byte placeholder in the repository): {', '.join(self.placeholders)}")
-            if any(name.startswith("ss_encoder") for name in self.placeholders):
-                lines.append("without the SS encoder, training derives its flow targets by inverting the released "
-                             "decoder (automatic; cached beside the preprocessing cache, with the round-trip Dice printed)")
+            lines.append(f"0-byte placeholders in this snapshot: {', '.join(self.placeholders)}")
+        if self.absent:
+            lines.append(f"not in the repository at this revision: {', '.join(self.absent)}")
+        encoder = encoder_status(self.folder)
+        if encoder.usable:
+            lines.append(f"{encoder.describe()}: usable; training takes its flow targets from the encoder "
+                         f"(latent_targets.source=auto)")
+        else:
+            lines.append(f"{encoder.describe()}: no usable encoder, so training derives its flow targets by "
+                         f"inverting the released decoder (automatic; cached beside the preprocessing cache, with "
+                         f"the round-trip Dice printed); a snapshot from 2026-06-01 on has the encoder")
         return "\n".join(lines)
 
 
@@ -232,17 +235,23 @@ def _download_into(repo_id: str, out_dir: Path, staging: Path, revision: str, to
     wanted = [PIPELINE_FILE] + files_named_in_pipeline(pipeline, everything)
     log(f"fetching {len(wanted)} files from {repo_id}@{revision}: {', '.join(wanted)}")
     result = DownloadResult(out_dir)
+    required = required_files(pipeline)
     for name in wanted:
-        source = pipeline_path if name == PIPELINE_FILE else _fetch(repo_id, name, staging, revision, token, endpoint)
+        source = pipeline_path if name == PIPELINE_FILE else \
+            _fetch(repo_id, name, staging, revision, token, endpoint, optional=name not in required)
+        if source is None:  # an optional file (the encoder's) that this revision does not hold
+            result.absent.append(name)
+            continue
         _place(source, out_dir / name)
         result.files.append(out_dir / name)
-    problems = verify_checkpoint_folder(out_dir, wanted, required_files(pipeline))
+    problems = verify_checkpoint_folder(out_dir, [p.name for p in result.files], required)
     if problems:
         raise DownloadError(f"{out_dir}: downloaded files failed verification: " + "; ".join(problems))
     result.placeholders = [p.name for p in result.files if p.stat().st_size == 0]
     atomic_write_json(out_dir / INFO_FILE, {
         "repo_id": repo_id, "revision": revision, "endpoint": endpoint,
         "files": {p.name: p.stat().st_size for p in result.files},
-        "not_released_placeholders": result.placeholders,
+        "placeholders": result.placeholders, "absent": result.absent,
+        "encoder": encoder_status(out_dir).state,
     })
     return result

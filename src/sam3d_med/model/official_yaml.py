@@ -13,8 +13,20 @@ Schema (Hydra ``_target_`` documents, as the official ``inference_pipeline.py`` 
   ``module.pose_target_convention``.
 - ``ss_decoder.yaml``: the SS VAE decoder (``latent_channels``, ``channels``, ``num_res_blocks``,
   ``num_res_blocks_middle``).
+- ``ss_encoder.yaml`` (released 2026-06-01; 0 bytes in older snapshots): the SS VAE encoder, TRELLIS's
+  ``SparseStructureEncoder`` (``in_channels`` 1, ``latent_channels``, ``channels`` from the finest
+  level, ``num_res_blocks``, ``num_res_blocks_middle``). Our encoder is the decoder's mirror; a file
+  that says otherwise is refused with what differs.
 - ``pipeline.yaml``: file names (``*_config_path``/``*_ckpt_path``), ``ss_inference_steps``,
-  ``ss_rescale_t``, ``ss_cfg_strength``, ``ss_cfg_interval``, ``pose_decoder_name``.
+  ``ss_rescale_t``, ``ss_cfg_strength``, ``ss_cfg_interval``, ``ss_cfg_strength_pm``,
+  ``pose_decoder_name``.
+
+Sampler settings follow the official ``InferencePipeline``: it always overrides the generator's own
+(``override_ss_generator_cfg_config``) with its arguments, i.e. pipeline.yaml's ``ss_*`` keys where
+given, else its defaults (``INFERENCE_PIPELINE_DEFAULTS``: 25 steps, rescale 3, guidance 7 over
+model time [0, 500], no pointmap guidance). The generator YAML's ``inference_steps``, ``rescale_t``,
+``strength`` and ``interval`` are the values of its training run (the released file says 2, 1.0 and
+2.0) and are never used for sampling.
 
 Nodes are found by what they hold (the node with ``latent_mapping`` is the transformer, the one with
 ``embedder_list`` the fuser), so wrappers around them do not matter. Sizes a Dino wrapper takes from
@@ -35,6 +47,12 @@ import yaml
 from ..errors import ConfigError
 from .config import EMBEDDER_INPUTS, ModelConfig, PointEmbedConfig, ViTConfig
 
+# The official InferencePipeline's keyword defaults for the sparse-structure sampler
+# (sam3d_objects/pipeline/inference_pipeline.py, ``__init__``): what samples when pipeline.yaml is silent.
+INFERENCE_PIPELINE_DEFAULTS = {"ss_inference_steps": 25, "ss_rescale_t": 3.0, "ss_cfg_strength": 7.0,
+                               "ss_cfg_interval": (0.0, 500.0), "ss_cfg_strength_pm": 0.0}
+SAMPLER_KEYS = (("steps", "ss_inference_steps"), ("rescale_t", "ss_rescale_t"), ("cfg_strength", "ss_cfg_strength"),
+                ("cfg_interval", "ss_cfg_interval"))
 GENERATOR_YAML = "ss_generator.yaml"
 DECODER_YAML = "ss_decoder.yaml"
 ENCODER_YAML = "ss_encoder.yaml"
@@ -178,14 +196,10 @@ def _read_generator(reader: _Reader, document: dict) -> None:
     if mot is not None:
         _read_transformer(reader, mot)
     guidance = _node_with(module, "p_unconditional")
-    if guidance is not None:
+    if guidance is not None:  # its strength and interval are the training run's: the pipeline sets the sampler's
         reader.set(config.objective, "cond_drop_prob", guidance.get("p_unconditional"), "objective.cond_drop_prob")
-        reader.set(config.sampler, "cfg_strength", guidance.get("strength"), "sampler.cfg_strength")
-        reader.set(config.sampler, "cfg_interval", guidance.get("interval"), "sampler.cfg_interval")
     flow_model = _node_with(module, "reverse_fn")
-    if flow_model is not None:
-        reader.set(config.sampler, "steps", flow_model.get("inference_steps"), "sampler.steps")
-        reader.set(config.sampler, "rescale_t", flow_model.get("rescale_t"), "sampler.rescale_t")
+    if flow_model is not None:  # likewise inference_steps and rescale_t; time_scale is the model's own
         reader.set(config.sampler, "time_scale", flow_model.get("time_scale"), "sampler.time_scale")
         times = flow_model.get("training_time_sampler_fn")
         if isinstance(times, dict):
@@ -203,30 +217,61 @@ def _read_decoder(reader: _Reader, document: dict) -> None:
         reader.set(vae, attr, node.get(attr), f"vae.{attr}")
 
 
+def _read_encoder(reader: _Reader, document: dict) -> None:
+    """The encoder's sizes must be the decoder's mirror (how ``SparseStructureEncoder`` is built)."""
+    node = _node_with(document, "channels")
+    if node is None:
+        return
+    vae = reader.config.vae
+    found = {"channels": [int(c) for c in node["channels"]], "latent_channels": node.get("latent_channels"),
+             "num_res_blocks": node.get("num_res_blocks"), "num_res_blocks_middle": node.get("num_res_blocks_middle"),
+             "in_channels": node.get("in_channels", 1)}
+    mirror = {"channels": list(reversed(vae.channels)), "latent_channels": vae.latent_channels,
+              "num_res_blocks": vae.num_res_blocks, "num_res_blocks_middle": vae.num_res_blocks_middle, "in_channels": 1}
+    differ = [f"{k} {found[k]} (the decoder's mirror: {mirror[k]})" for k in mirror
+              if found[k] is not None and found[k] != mirror[k]]
+    if differ:
+        raise ConfigError(f"{reader.source}: the SS encoder is not the mirror of the decoder that sam3d-med builds: "
+                          + "; ".join(differ))
+
+
 def _read_pipeline(reader: _Reader, pipeline: dict) -> None:
+    """The sampler as the official InferencePipeline sets it: pipeline.yaml's keys, else its defaults."""
     config = reader.config
-    for attr, key in (("steps", "ss_inference_steps"), ("rescale_t", "ss_rescale_t"),
-                      ("cfg_strength", "ss_cfg_strength"), ("cfg_interval", "ss_cfg_interval")):
-        reader.set(config.sampler, attr, pipeline.get(key), f"sampler.{attr}")
+    for attr, key in SAMPLER_KEYS:
+        value = pipeline.get(key)
+        reader.set(config.sampler, attr, INFERENCE_PIPELINE_DEFAULTS[key] if value is None else value, f"sampler.{attr}")
+    strength_pm = float(pipeline.get("ss_cfg_strength_pm") or 0.0)
+    if strength_pm:
+        raise ConfigError(f"{reader.source}: ss_cfg_strength_pm={strength_pm} (the official pipeline's pointmap "
+                          f"guidance) is not implemented by sam3d-med's sampler: set it to 0.0")
     name = pipeline.get("pose_decoder_name")
     if name not in (None, "default"):
         reader.set(config, "pose_convention", name, "pose_convention")
 
 
-def apply_official_yaml(config: ModelConfig, folder: str | Path) -> list[str]:
+def apply_official_yaml(config: ModelConfig, folder: str | Path, with_encoder: bool = False) -> list[str]:
     """Update ``config`` from the official YAML files in ``folder`` (those present and not empty).
 
     Returns what was changed (``name=value``), for the log. Values that are absent leave the
-    preset's; ``pipeline.yaml``'s sampler settings win over the generator's (as in the official
-    pipeline, which overrides them). The encoder's YAML is not read (the encoder was not released).
+    preset's, except the sampler's: wherever the folder holds official YAML, the sampler is set as
+    the official InferencePipeline sets it (pipeline.yaml's ``ss_*`` keys, else its defaults; never
+    the generator YAML's training-time values). ``with_encoder``: the folder's encoder weights will
+    be loaded, so its ``ss_encoder.yaml`` is checked against the decoder's sizes.
     """
     folder = Path(folder)
     changed: list[str] = []
-    for name, read in ((GENERATOR_YAML, _read_generator), (DECODER_YAML, _read_decoder), (PIPELINE_YAML, _read_pipeline)):
-        document = load_yaml(folder / name)
-        if document is not None:
+    readers = [(GENERATOR_YAML, _read_generator), (DECODER_YAML, _read_decoder)]
+    if with_encoder:
+        readers.append((ENCODER_YAML, _read_encoder))
+    documents = {name: load_yaml(folder / name) for name in (GENERATOR_YAML, DECODER_YAML, ENCODER_YAML, PIPELINE_YAML)}
+    if documents[GENERATOR_YAML] is not None or documents[PIPELINE_YAML] is not None:
+        readers.append((PIPELINE_YAML, _read_pipeline))  # an absent pipeline.yaml: the pipeline's defaults
+    for name, read in readers:
+        document = documents[name]
+        if document is not None or name == PIPELINE_YAML:
             reader = _Reader(config, str(folder / name))
-            read(reader, document)
+            read(reader, document or {})
             changed += reader.changed
     if config.vae.latent_channels != config.flow.latent_channels:
         raise ConfigError(f"{folder}: the decoder takes {config.vae.latent_channels} latent channels, the "
@@ -248,9 +293,10 @@ def _dino_node(vit: ViTConfig) -> dict:
     return node
 
 
-def official_yaml_documents(config: ModelConfig, files: dict[str, str]) -> dict[str, dict]:
+def official_yaml_documents(config: ModelConfig, files: dict[str, str], with_encoder: bool = False) -> dict[str, dict]:
     """The YAML documents of a release of ``config`` in the official schema (the inverse of
-    ``apply_official_yaml``). ``files``: component -> (config name, checkpoint name) for pipeline.yaml."""
+    ``apply_official_yaml``). ``files``: component -> (config name, checkpoint name) for pipeline.yaml.
+    ``with_encoder``: also ``ss_encoder.yaml`` (the decoder's mirror)."""
     flow, point, objective, sampler = config.flow, config.point, config.objective, config.sampler
     position = {"_target_": "sam3d_objects.model.backbone.tdfy_dit.models.mm_latent.LearntPositionEmbedder",
                 "model_channels": flow.model_channels, "token_len": 1}
@@ -306,7 +352,14 @@ def official_yaml_documents(config: ModelConfig, files: dict[str, str]) -> dict[
     for component, (config_name, ckpt_name) in files.items():
         pipeline[f"{component}_config_path"] = config_name
         pipeline[f"{component}_ckpt_path"] = ckpt_name
-    return {GENERATOR_YAML: {"module": {"pose_target_convention": config.pose_convention,
-                                        "generator": {"backbone": generator},
-                                        "condition_embedder": {"backbone": fuser}}},
-            DECODER_YAML: decoder, PIPELINE_YAML: pipeline}
+    documents = {GENERATOR_YAML: {"module": {"pose_target_convention": config.pose_convention,
+                                             "generator": {"backbone": generator},
+                                             "condition_embedder": {"backbone": fuser}}},
+                 DECODER_YAML: decoder, PIPELINE_YAML: pipeline}
+    if with_encoder:
+        documents[ENCODER_YAML] = {
+            "_target_": "sam3d_objects.model.backbone.tdfy_dit.models.sparse_structure_vae.SparseStructureEncoderTdfyWrapper",
+            "in_channels": 1, "latent_channels": vae.latent_channels, "num_res_blocks": vae.num_res_blocks,
+            "num_res_blocks_middle": vae.num_res_blocks_middle, "channels": list(reversed(vae.channels)),
+            "use_fp16": True}
+    return documents

@@ -3,9 +3,9 @@
 ``SparseStructureModel`` holds the four official components under the names used by the official
 files: ``condition_embedder`` (``_base_models.condition_embedder.*`` in ss_generator.ckpt),
 ``generator`` (``_base_models.generator.reverse_fn.backbone.*``), ``decoder`` (ss_decoder.ckpt) and
-``encoder`` (ss_encoder.safetensors). Meta did not release the encoder (0-byte placeholder files):
-a model built from the release has ``encoder = None`` and its flow targets come from decoder
-inversion (``train.latent_targets``).
+``encoder`` (ss_encoder.ckpt, released by Meta on 2026-06-01). A model built from a snapshot from
+before then (0-byte encoder placeholders) has ``encoder = None`` and its flow targets come from
+decoder inversion (``train.latent_targets``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.occupancy import solid_logits_from_shell
 from .condition import STREAMS, ConditionEmbedder
 from .config import ModelConfig, get_preset
 from ..errors import ConfigError
@@ -42,6 +43,9 @@ class SparseStructureModel(nn.Module):
         self.generator = SparseStructureFlow(cfg.flow, cfg.cond_dim)
         self.decoder = SparseStructureDecoder(cfg.vae)
         self.encoder = SparseStructureEncoder(cfg.vae) if with_encoder else None
+        # what the decoded occupancy holds (``data.occupancy``): "solid", or "surface", a shell that
+        # ``generate`` fills back into a solid (``data.occupancy.fill_shell``)
+        self.occupancy = "solid"
 
     @classmethod
     def from_preset(cls, name: str, device: str | torch.device | None = None) -> "SparseStructureModel":
@@ -58,8 +62,9 @@ class SparseStructureModel(nn.Module):
         grid is the scan's grid)."""
         if shape_latents is None:
             if self.encoder is None:
-                raise ConfigError("this model has no SS encoder (Meta did not release it): flow targets must "
-                                  "come from decoder inversion (train.latent_targets)")
+                raise ConfigError("this model has no SS encoder (its weights folder holds a 0-byte placeholder, "
+                                  "as snapshots from before 2026-06-01 do): flow targets must come from decoder "
+                                  "inversion (train.latent_targets)")
             with torch.no_grad():
                 shape_latents = self.encoder(occupancy)
         targets = {SHAPE: latent_cube_to_tokens(shape_latents.float())}
@@ -94,11 +99,14 @@ class SparseStructureModel(nn.Module):
     @torch.no_grad()
     def generate(self, condition_inputs: dict[str, torch.Tensor], seed: int = 0, sampler=None,
                  one_step: bool = False) -> tuple[torch.Tensor, Pose]:
-        """Condition inputs -> (occupancy logits (B, 1, N, N, N) float32, pose decoded in the normalised
-        pointmap frame): ``sample``, then the decoder (bf16 autocast on CUDA) and the pose decoder."""
+        """Condition inputs -> (occupancy logits (B, 1, N, N, N) float32 of the solid, pose decoded in the
+        normalised pointmap frame): ``sample``, then the decoder (bf16 autocast on CUDA) and the pose
+        decoder; a model whose occupancy is the ``surface`` shell has its decoded shell filled."""
         latents = self.sample(condition_inputs, seed, sampler, one_step)
         with precision_region(torch.bfloat16, self.decoder.input_layer.weight.is_cuda):
             logits = self.decode_shape(latents[SHAPE]).float()
+        if self.occupancy == "surface":
+            logits = solid_logits_from_shell(logits)
         return logits, decode_pose({name: latents[name] for name in POSE_MEMBERS})
 
     def reconstruct(self, condition_inputs: dict[str, torch.Tensor], seed: int = 0, sampler=None) -> torch.Tensor:

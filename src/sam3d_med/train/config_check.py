@@ -11,7 +11,8 @@ from ..errors import ConfigError, InputError
 
 CHOICES = {"device": ("auto", "cpu", "cuda"), "data.epoch": ("pairs", "slices"),
            "data.target_frame": ("object", "volume"), "training.gradient_checkpointing": ("auto", True, False),
-           "latent_targets.init": ("generator", "zero")}
+           "latent_targets.init": ("generator", "zero"), "latent_targets.source": ("auto", "encoder", "inversion"),
+           "data.occupancy": ("solid", "surface")}
 POSITIVE_INTEGERS = ("training.epochs", "training.batch_size", "training.grad_accum_steps", "data.min_pixels",
                      "latent_targets.steps", "latent_targets.batch_size")
 POSITIVE_NUMBERS = ("training.learning_rate",)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.object_frame import sample_cube
+from ..data.occupancy import surface_shell
 from ..model.flow_matching import flow_matching_loss
 from ..model.flow_transformer import SHAPE
 from ..model.pose import Pose
@@ -91,6 +92,17 @@ def slice_consistency_in_cube(cube_logits: torch.Tensor, slice_points_mm: torch.
     return (bce * valid).sum() / valid.sum().clamp(min=1)
 
 
+def shell_section(cube_shell: torch.Tensor, slice_points_mm: torch.Tensor, centre_mm: torch.Tensor,
+                  side_mm: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) float: which of the input slice's voxel centres (B, 3, H, W) world mm fall in the shell
+    of the true cube (B, 1, n, n, n): trilinear samples of the shell's cells >= 0.5 (beyond the cube: 0)."""
+    B, _, H, W = slice_points_mm.shape
+    points = slice_points_mm.flatten(2).transpose(1, 2).float()
+    cube_points = (torch.nan_to_num(points) - centre_mm[:, None].float()) / side_mm.float().view(-1, 1, 1)
+    sampled = sample_cube(cube_shell.float(), cube_points, outside=0.0)
+    return (sampled >= 0.5).float().reshape(B, 1, H, W)
+
+
 def object_pose_target(batch: dict[str, torch.Tensor]) -> Pose:
     """The true object cube's pose in the sample's normalised pointmap frame (``data.object_frame``):
     rotation I, translation (centre - shift) / scale, scale side / scale on every axis."""
@@ -116,6 +128,9 @@ class TrainingObjective(torch.nn.Module):
             occupancy, sdf, pose = batch["cube_occupancy"], batch["cube_sdf"], object_pose_target(batch)
         else:  # the scan's grid, identity pose
             occupancy, sdf, pose = batch["occupancy"], batch["sdf"], None
+        surface = getattr(model, "occupancy", "solid") == "surface"
+        if surface:  # the decoder makes the structure's shell (data.occupancy=surface)
+            occupancy = surface_shell(occupancy > 0.5).to(occupancy.dtype)
         frozen = not any(p.requires_grad for p in model.condition_embedder.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):  # frozen: no activations kept
             cond = model.condition_embedder(**{k: batch[k] for k in CONDITION_KEYS})
@@ -128,7 +143,10 @@ class TrainingObjective(torch.nn.Module):
         if w.w_mask_loss or w.w_sdf_loss:
             logits = model.decode_shape(flow.x1_estimate[SHAPE][:k])
             if w.w_mask_loss and self.frame == "object":
-                terms["mask"] = slice_consistency_in_cube(logits, batch["slice_points"][:k], batch["slice_mask"][:k],
+                # the input slice's section of what the decoder makes: the mask, or where a shell cuts the slice
+                slice_target = batch["slice_mask"][:k] if not surface else shell_section(
+                    occupancy, batch["slice_points"][:k], batch["cube_centre_mm"][:k], batch["cube_side_mm"][:k])
+                terms["mask"] = slice_consistency_in_cube(logits, batch["slice_points"][:k], slice_target,
                                                           batch["cube_centre_mm"][:k], batch["cube_side_mm"][:k])
             elif w.w_mask_loss:
                 terms["mask"] = slice_consistency_bce(logits, occupancy, batch["axis"][:k], batch["slice_idx"][:k])

@@ -30,15 +30,16 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from ..data.dataset import (POLICIES, Augmentation, SliceClassDataset, check_frame, choose_slices, collate_samples,
                             load_manifest, split_cases)
+from ..data.occupancy import check_occupancy
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path
-from ..model.checkpoint import FILES, build_from_folder
+from ..model.checkpoint import build_from_folder
 from ..model.lora import LoraSettings, apply_lora, trainable_parameters
 from ..model.placement import grid_points_of_affines, impose_input_slice, reconstruct_on_grid
-from ..model.release_files import require_weights_folder
+from ..model.release_files import component_files, require_weights_folder
 from ..model.sam3d import SparseStructureModel
 from ..runtime import keep_freed_memory_for_reuse
-from .latent_targets import InversionSettings, ensure_latent_targets, round_trip_summary
+from .latent_targets import InversionSettings, ensure_latent_targets, resolve_source, round_trip_summary
 from .losses import LossWeights, TrainingObjective, dice
 from .memory import SAFETY, GiB, estimate_training_memory, synthetic_batch
 
@@ -105,12 +106,14 @@ def build_model(cfg: DictConfig) -> tuple[SparseStructureModel, dict]:
     if cfg.model.get("checkpoint_dir"):
         folder = require_weights_folder(cfg.model.checkpoint_dir)
         model = build_from_folder(folder, preset=preset, log=log.info)
+        names = [files[1] for files in component_files(folder).values()]
         identity = {"kind": "official", "files": {name: _file_fingerprint(folder / name) if (folder / name).is_file()
-                                                  else "absent" for name in FILES.values()}}
+                                                  else "absent" for name in names}}
     else:
         torch.manual_seed(int(cfg.model.get("init_seed", 0)))
         model = SparseStructureModel.from_preset(preset)
         identity = {"kind": "random-init", "preset": preset, "init_seed": int(cfg.model.get("init_seed", 0))}
+    model.occupancy = occupancy_setting(cfg)
     return model, identity
 
 
@@ -416,30 +419,43 @@ def target_frame(cfg: DictConfig) -> str:
 
 def prepare_latent_targets(model: SparseStructureModel, cfg: DictConfig, manifest: dict, case_ids: list[str],
                            ranks: Ranks, identity: dict | None = None) -> Path | None:
-    """Where the flow's shape targets come from: the SS encoder when the model has one (None is
-    returned: targets are encoded batch by batch), else decoder inversion, cached per case (the
-    folder is returned; computed now for the cases not cached yet, shared out over the ranks)."""
-    if model.encoder is not None:
-        log.info("flow targets: the SS encoder's latents of the true occupancy")
+    """Where the flow's shape targets come from (``latent_targets.source``, ``train.latent_targets``):
+    the SS encoder's posterior means (refined where their round trip is poor) or decoder inversion,
+    cached per case; the folder is returned (computed now for the cases not cached yet, shared out
+    over the ranks). None when the VAE itself trains with the model (``training.train_base`` with
+    ``loss.w_vae_loss`` > 0): the encoder then gives the targets batch by batch."""
+    occupancy = occupancy_setting(cfg)
+    if model.encoder is not None and cfg.training.train_base and float(cfg.loss.w_vae_loss) > 0:
+        log.info("flow targets: the SS encoder's latents of the true occupancy (%s), batch by batch: the VAE trains "
+                 "with the model", occupancy)
         return None
+    where = cfg.model.get("checkpoint_dir") or f"the {cfg.model.preset} preset"
+    source = resolve_source(str(cfg.latent_targets.get("source", "auto")), model.encoder is not None, where)
     settings = InversionSettings(**{k: type(v)(cfg.latent_targets[k]) for k, v in asdict(InversionSettings()).items()})
     cases = [c for c in manifest["cases"] if c["case_id"] in set(case_ids)]
     latent_shape = (model.cfg.flow.latent_channels,) + (model.cfg.flow.resolution,) * 3
-    log.info("flow targets: no SS encoder weights (Meta did not release them): inverting the frozen decoder "
-             "for every (case, class), starting from %s, cached in the preprocessing cache",
-             "the pretrained generator's own sample" if settings.init == "generator" else "zero")
     frame = target_frame(cfg)
     start = None
-    if settings.init == "generator":
-        crop = tuple(int(x) for x in cfg.data.preprocess_crop_size)
-        dataset = SliceClassDataset(cfg.data.slice_cache_dir, manifest, case_ids, crop, 1, None, int(cfg.seed),
-                                    frame=frame, cube_resolution=model.cfg.occupancy_resolution,
-                                    cube_margin=float(cfg.data.cube_margin))
-        start = GeneratorStart(model, dataset, replace(model.cfg.sampler, steps=settings.init_steps), ranks.device,
-                               int(cfg.seed))
+    if source == "encoder":
+        log.info("flow targets: the SS encoder's posterior mean of every (case, class) %s occupancy, refined by decoder "
+                 "inversion where its round trip is below Dice %.2f, cached in the preprocessing cache", occupancy,
+                 settings.target_dice)
+    else:
+        log.info("flow targets: %s: inverting the frozen decoder for every (case, class) %s occupancy, starting from %s, "
+                 "cached in the preprocessing cache", "no usable SS encoder in " + str(where) if model.encoder is None
+                 else "latent_targets.source=inversion", occupancy,
+                 "the pretrained generator's own sample" if settings.init == "generator" else "zero")
+        if settings.init == "generator":
+            crop = tuple(int(x) for x in cfg.data.preprocess_crop_size)
+            dataset = SliceClassDataset(cfg.data.slice_cache_dir, manifest, case_ids, crop, 1, None, int(cfg.seed),
+                                        frame=frame, cube_resolution=model.cfg.occupancy_resolution,
+                                        cube_margin=float(cfg.data.cube_margin))
+            start = GeneratorStart(model, dataset, replace(model.cfg.sampler, steps=settings.init_steps), ranks.device,
+                                   int(cfg.seed))
     folder = ensure_latent_targets(cfg.data.slice_cache_dir, cases, model.decoder, settings, ranks.device, latent_shape,
                                    model.cfg.occupancy_resolution, frame, float(cfg.data.cube_margin),
-                                   ranks.rank, ranks.world_size, start_latents=start, generator_identity=identity)
+                                   ranks.rank, ranks.world_size, start_latents=start, generator_identity=identity,
+                                   encoder=model.encoder if source == "encoder" else None, occupancy=occupancy)
     ranks.barrier()
     if ranks.is_main:
         names = {int(k): v for k, v in manifest.get("class_names", {}).items()}
@@ -450,6 +466,11 @@ def prepare_latent_targets(model: SparseStructureModel, cfg: DictConfig, manifes
                         "%.3f): fine-tuning cannot do better than that through this decoder; more inversion steps "
                         "(latent_targets.steps) may help", worst)
     return folder
+
+
+def occupancy_setting(cfg: DictConfig) -> str:
+    """What the SS occupancy holds in this run (``data.occupancy``; runs from before it: solid)."""
+    return check_occupancy(str(cfg.data.get("occupancy", "solid")))
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
