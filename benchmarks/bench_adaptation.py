@@ -19,6 +19,9 @@ a GPU:
     python benchmarks/bench_adaptation.py --base checkpoints/hf --train_cache dataset/ts_processed \\
         --test_cache dataset/ts_processed_test --device cuda --experiment '' --epochs 5 --steps 500 \\
         --batch 4 --crop 256 --inversion_steps 150 --sampler_steps 25 --eval_samples 1
+
+``--target_sources encoder,inversion`` trains a LoRA row with each source of flow targets
+(``latent_targets.source``: the released encoder's means, or decoder inversion) on the same data.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ def phantom_cache(root: Path, name: str, cases: int, seed: int, first_index: int
     return cache
 
 
-def training_config(args, frame: str, train_cache: Path, checkpoint_dir: Path):
+def training_config(args, frame: str, train_cache: Path, checkpoint_dir: Path, source: str = "auto"):
     overrides = [f"experiment={args.experiment}"] if args.experiment else []
+    overrides.append(f"latent_targets.source={source}")
     overrides += [f"model.checkpoint_dir={Path(args.base).resolve()}", f"data.slice_cache_dir={train_cache}",
                  f"data.target_frame={frame}", f"data.preprocess_crop_size=[{args.crop},{args.crop}]",
                  f"training.epochs={args.epochs}", f"training.max_steps_per_epoch={args.steps}",
@@ -111,6 +115,8 @@ def main() -> None:
     parser.add_argument("--eval_samples", type=int, default=6, help="draws averaged per input in evaluation")
     parser.add_argument("--guidance", type=float, default=None, help="evaluation guidance (default: model's)")
     parser.add_argument("--frames", default="object,volume", help="LoRA rows, in this order")
+    parser.add_argument("--target_sources", default="auto",
+                        help="latent_targets.source of the LoRA rows (auto, encoder, inversion; several: a row each)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=None, help="folder for caches, checkpoints and results (default: temporary)")
@@ -146,14 +152,18 @@ def main() -> None:
     reference = rows[1]["dice"]
     for r in rows:
         print_row(r, reference)
+    sources = args.target_sources.split(",")
     for frame in args.frames.split(","):  # each row printed when done: a run cut short keeps the rows before
-        t0 = time.perf_counter()
-        cfg = training_config(args, frame, train_cache, work / f"ckpt_{frame}")
-        summary = train(cfg, work / f"run_{frame}")
-        document = evaluate(work / f"ckpt_{frame}" / "best.pt", test_cache, work / f"eval_{frame}", options, device)
-        rows.append({**row(document, "model", (time.perf_counter() - t0) / 60), "method": f"LoRA ({frame} frame)",
-                     "best_val_dice": summary["best_dice"]})
-        print_row(rows[-1], reference)
+        for source in sources:
+            t0 = time.perf_counter()
+            name = f"{frame}_{source}"
+            cfg = training_config(args, frame, train_cache, work / f"ckpt_{name}", source)
+            summary = train(cfg, work / f"run_{name}")
+            document = evaluate(work / f"ckpt_{name}" / "best.pt", test_cache, work / f"eval_{name}", options, device)
+            label = f"LoRA ({frame}" + (f", {source[:3]}" if len(sources) > 1 else "") + ")"
+            rows.append({**row(document, "model", (time.perf_counter() - t0) / 60), "method": label,
+                         "best_val_dice": summary["best_dice"], "target_source": source})
+            print_row(rows[-1], reference)
 
     print(f"\nadaptation on {test_cache} (held out), base {args.base}, device {device}; LoRA rank {args.lora_rank} "
           f"(MLPs: {args.lora_mlp}), {args.epochs} x {args.steps} steps of {args.batch}; same cases and slices for "

@@ -44,7 +44,7 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, default=5, help="number of foreground labels (1..classes)")
     p.add_argument("--class_names", default=None,
                    help="comma-separated names of labels 1..classes (default: the input's classes.json, "
-                        "else the TotalSegmentator heart order)")
+                        "else the tutorial's order 1 left_atrium ... 5 myocardium)")
     p.add_argument("--spacing", type=float, default=3.0, help="isotropic voxel size in mm to resample to")
     p.add_argument("--axes", default="0,1,2", help="array axes (RAS+ canonical) to slice along, e.g. 0,1,2 or 2")
     p.add_argument("--extract_mesh", action="store_true", help="write a surface mesh per class (meshes/*.obj)")
@@ -401,8 +401,9 @@ def cmd_report(args) -> int:
 def cmd_crop(args) -> int:
     import numpy as np
 
-    from .data.classes import CLASSES_FILE, class_names_document, parse_class_names
+    from .data.classes import CLASSES_FILE, DEFAULT_CLASS_NAMES, class_names_document, parse_class_names
     from .data.crop import crop_around_labels, parse_label_map
+    from .data.label_sources import named_label_map
     from .io.atomic import atomic_write_json
     from .io.nifti import load_volume, save_volume
 
@@ -419,6 +420,8 @@ def cmd_crop(args) -> int:
     save_volume(folder / f"{case_id}-label.nii.gz", crop.label, crop.affine, dtype=np.uint8)
     if args.class_names:
         atomic_write_json(Path(args.out) / CLASSES_FILE, class_names_document(parse_class_names(args.class_names)))
+    elif named_label_map(args.labels or "") is not None:  # a named source: the tutorial's classes, said so in the data
+        atomic_write_json(Path(args.out) / CLASSES_FILE, class_names_document(DEFAULT_CLASS_NAMES))
     counts = {int(v): int(np.count_nonzero(crop.label == v)) for v in sorted(set(label_map.values()))}
     print(f"{folder}: {args.size}^3 voxels of {args.spacing:g} mm around labels {sorted(label_map)} "
           f"(extent {' x '.join(f'{e:.0f}' for e in crop.extent_mm)} mm, R x A x S); voxels per label {counts}")

@@ -61,8 +61,13 @@ def test_empty_masks_and_summaries():
     assert all(math.isnan(v) for v in segmentation_metrics(empty, empty, (1, 1, 1)).values())
     missed = segmentation_metrics(empty, a, (1, 1, 1))
     assert missed["dice"] == 0 and missed["nsd_1mm"] == 0 and math.isinf(missed["hd95_mm"]) and math.isinf(missed["chamfer_mm"])
+    # NaN (undefined) is left out and counted; inf (a failure) stays in every mean and median
     s = summarize([1.0, 3.0, math.inf, math.nan])
-    assert (s["mean"], s["median"], s["count"], s["finite"], s["nan"], s["inf"]) == (2.0, 2.0, 4, 2, 1, 1)
+    assert (s["mean"], s["median"], s["count"], s["finite"], s["nan"], s["inf"]) == (math.inf, 3.0, 4, 2, 1, 1)
+    failed = summarize([0.0, math.inf, math.inf, math.inf])  # empty for 3 of 4 structures, perfect for one
+    assert math.isinf(failed["median"]) and math.isinf(failed["mean"]) and failed["inf"] == 3
+    s = summarize([1.0, 3.0, math.nan])
+    assert (s["mean"], s["median"], s["std"]) == (2.0, 2.0, 1.0)
 
 
 def test_surface_element_areas_equal_the_reference_table():

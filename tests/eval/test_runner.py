@@ -112,7 +112,8 @@ def test_the_table_shows_inf_counts_never_nan_mm():
     from sam3d_med.eval.runner import METHODS, distance_cell, summary_table
 
     all_inf, some_inf = summarize([float("inf")] * 3), summarize([4.0, 6.0, float("inf")])
-    assert distance_cell(all_inf) == "inf (3 of 3)" and distance_cell(some_inf) == "5.0 mm (1 inf)"
+    assert distance_cell(all_inf) == "inf (3 of 3)" and distance_cell(some_inf) == "6.0 mm (1 inf)"
+    assert distance_cell(summarize([0.0, float("inf"), float("inf"), float("inf")])) == "inf (3 of 4)"
     assert distance_cell(summarize([float("nan")])) == "no values"
     stats = {"dice": summarize([0.0, 0.0, 0.0]), "hd95_mm": all_inf}
     document = {"summary": {m: {"overall": stats, "per_class": {"left atrium": stats}} for m in METHODS}}
@@ -139,3 +140,44 @@ def test_evaluating_on_training_cases_warns_loudly(trained, cache_dir, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.count("WARNING: 3 of 3 test cases are cases of the training cache") == 2
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["warnings"][0].startswith("3 of 3")
+
+
+def test_no_summary_shows_a_failed_model_as_the_best(tmp_path):
+    """The model's prediction empty for 3 of 4 structures and perfect for the fourth, the baselines one
+    voxel (3 mm) off everywhere: the model's HD95 and Chamfer are inf (median(0, inf, inf, inf)), the
+    baselines' 3.0 mm are best, in the console table, metrics.json, metrics.csv and the report."""
+    import csv
+
+    from sam3d_med.eval.runner import EvalOptions, summary_table, write_reports
+    from sam3d_med.viz.report import build_report
+
+    names = {"1": "left_atrium", "2": "left_ventricle", "3": "right_atrium", "4": "right_ventricle"}
+    records = []
+    for c in range(1, 5):
+        base = {"case_id": "s0001", "class_id": c, "class_name": names[str(c)], "axis": 2, "slice_idx": 30}
+        failed = c > 1
+        records.append({**base, "method": "model", "dice": 0.0 if failed else 1.0,
+                        "hd95_mm": float("inf") if failed else 0.0, "chamfer_mm": float("inf") if failed else 0.0,
+                        "nsd_1mm": 0.0 if failed else 1.0, "nsd_3mm": 0.0 if failed else 1.0, "nsd_6mm": 0.0 if failed else 1.0})
+        for method in ("mean_shape", "extrude"):
+            records.append({**base, "method": method, "dice": 0.8, "hd95_mm": 3.0, "chamfer_mm": 3.0,
+                            "nsd_1mm": 0.5, "nsd_3mm": 1.0, "nsd_6mm": 1.0})
+    protocol = {"checkpoint": "best.pt", "policy": "max_area", "threshold": 0.5, "sampler": {}, "seed": 0,
+                "nsd_tolerances_mm": [1.0, 3.0, 6.0]}
+    document = write_reports(records, tmp_path, protocol, names, EvalOptions())
+    overall = document["summary"]["model"]["overall"]
+    assert overall["hd95_mm"]["median"] == float("inf") and overall["chamfer_mm"]["median"] == float("inf")
+    assert json.loads((tmp_path / "metrics.json").read_text())["summary"]["model"]["overall"]["hd95_mm"]["median"] == "inf"
+    table = summary_table(document)
+    assert table.splitlines()[-1].split()[1:4] == ["0.250", "inf", "(3"]  # (all): model Dice, then HD95 inf (3 of 4)
+    with open(tmp_path / "metrics.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["method"] == "model"]
+    assert sorted(r["hd95_mm"] for r in rows) == ["0.0", "inf", "inf", "inf"]
+    report = build_report(tmp_path)
+    comparison = report[report.index("<h2>Baseline comparison</h2>"):]
+    all_row = comparison[comparison.index("<th>all classes</th>"):]
+    all_row = all_row[:all_row.index("</tr>")]
+    cells = all_row.split("<td>")[1:]
+    hd95 = cells[3:6]  # Dice x 3 methods, then HD95 x 3 (model, mean_shape, extrude)
+    assert "&infin;" in hd95[0] and "3 of 4 inf" in hd95[0] and "<b>" not in hd95[0]
+    assert hd95[1].startswith("<b>3.0") and hd95[2].startswith("<b>3.0")

@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -118,6 +119,43 @@ def test_todays_release_brings_its_encoder_and_says_it_is_usable(tmp_path):
     assert "SS encoder: ss_encoder.ckpt absent: no usable encoder" in result.summary()
 
 
+@pytest.mark.e2e
+def test_a_download_stopped_with_ctrl_c_continues_from_the_bytes_received(tmp_path):
+    """Ctrl-C during ss_generator.ckpt (a throttled loopback Hub that honours Range and counts what it
+    sends): exit 130, the bytes received kept; the re-run asks for the rest only (Range), and the file
+    is whole."""
+    files = official_like_files()
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.randn(9 << 20, generator=torch.Generator().manual_seed(0))}}, buffer)
+    files["checkpoints/ss_generator.ckpt"] = generator = buffer.getvalue()  # 36 MB: several 10 MB transfer chunks
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_TOKEN", None)
+    args = [sys.executable, str(SCRIPT), "--repo", REPO, "--out", "checkpoints/hf"]
+    name = "checkpoints/ss_generator.ckpt"
+    with HubStub(REPO, files, bytes_per_second=len(generator) / 3) as hub:
+        env["HF_ENDPOINT"] = hub.endpoint
+        first = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        while hub.bytes_served.get(name, 0) < 0.6 * len(generator):
+            time.sleep(0.05)
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == 130 and "run the same command again to resume" in err and "Traceback" not in err
+        sent_before = hub.bytes_served[name]
+        kept = list((tmp_path / "checkpoints" / "hf" / ".hf_download").rglob("ss_generator.ckpt.*.part"))
+        assert len(kept) == 1 and kept[0].stat().st_size >= 10 << 20
+        hub.bytes_per_second = None
+        second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert "ss_generator.ckpt: continuing from" in second.stdout
+    ranges = [r for method, path, r in hub.requests if method == "GET" and path.endswith(name)]
+    assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith("bytes=") and ranges[1] != "bytes=0-"
+    resumed_at = int(ranges[1][len("bytes="):].rstrip("-"))
+    assert hub.bytes_served[name] - sent_before == len(generator) - resumed_at  # only the rest was sent again
+    assert (tmp_path / "checkpoints" / "hf" / "ss_generator.ckpt").read_bytes() == generator
+    assert not list((tmp_path / "checkpoints" / "hf" / ".hf_download").rglob("*.part"))
+
+
 def test_rerun_fetches_nothing_again(tmp_path):
     with HubStub(REPO, official_like_files()) as hub:
         download_checkpoints(REPO, tmp_path, endpoint=hub.endpoint, log=lambda m: None)
@@ -140,20 +178,30 @@ def test_a_lock_another_download_holds_is_kept(tmp_path):
         assert held.exists() and not stale.exists()
 
 
-def test_no_token_gated_and_missing_file_give_clear_messages(tmp_path):
-    with HubStub(REPO, official_like_files(), token="hf_secret") as hub:
-        with pytest.raises(DownloadError, match=r"HTTP 401.*request access at .*facebook/sam-3d-objects.*HF_TOKEN"):
-            download_checkpoints(REPO, tmp_path / "a", endpoint=hub.endpoint, log=lambda m: None)
-    with HubStub(REPO, official_like_files(), granted=False) as hub:
-        with pytest.raises(DownloadError, match=r"gated.*HTTP 403.*request access"):
-            download_checkpoints(REPO, tmp_path / "b", token="hf_other", endpoint=hub.endpoint, log=lambda m: None)
+@pytest.mark.parametrize("token, granted, expected", [
+    # a gated repository asked without a token: the Hub answers 401 with X-Error-Code GatedRepo
+    (None, True, r"refused facebook/sam-3d-objects \(HTTP 401\): no token was sent \(not logged in\)"),
+    (None, False, r"refused facebook/sam-3d-objects \(HTTP 401\): no token was sent \(not logged in\)"),
+    ("hf_wrong", True, r"refused the token for facebook/sam-3d-objects \(HTTP 401: invalid or expired token\)"),
+    ("hf_secret", False, r"gated and this token has not been granted access \(HTTP 403\)"),
+])
+def test_hub_refusals_name_what_happened(tmp_path, token, granted, expected):
+    with HubStub(REPO, official_like_files(), token="hf_secret", granted=granted) as hub:
+        with pytest.raises(DownloadError, match=expected) as info:
+            download_checkpoints(REPO, tmp_path / "a", token=token, endpoint=hub.endpoint, log=lambda m: None)
+    message = str(info.value)
+    assert "\n" not in message and "request access at" in message and "HF_TOKEN" in message
+    assert ("HTTP 403" in message) == (token == "hf_secret")
+
+
+def test_missing_file_gives_a_clear_message(tmp_path):
     files = official_like_files()
     del files["checkpoints/ss_decoder.ckpt"]
     with HubStub(REPO, files) as hub:
         with pytest.raises(DownloadError, match="has no file ss_decoder.ckpt"):
             download_checkpoints(REPO, tmp_path / "c", endpoint=hub.endpoint, log=lambda m: None)
-    # a failed attempt leaves no lock files behind (partial transfers and metadata stay, to resume)
-    assert not list(tmp_path.rglob("*.lock")) and list((tmp_path / "c").rglob("*.metadata"))
+    # a failed attempt leaves no lock files behind; the files finished before it stay recorded
+    assert not list(tmp_path.rglob("*.lock")) and list((tmp_path / "c" / ".hf_download").rglob("pipeline.yaml.json"))
 
 
 def test_no_network_gives_one_clear_message(tmp_path, monkeypatch):

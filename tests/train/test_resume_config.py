@@ -34,6 +34,21 @@ def test_resume_takes_the_checkpoints_settings_and_only_what_is_given():
     assert merged.model.checkpoint_dir == "/moved" and merged.training.learning_rate == 1e-5
 
 
+def test_one_shot_settings_are_never_inherited():
+    """A run stopped by training.stop_after_steps=2 and resumed as its message says (training.resume=...
+    only) trains to training.epochs: the stored stop limit and resume path belong to that invocation."""
+    stored = OmegaConf.to_container(make_config(["model=tiny", "training.stop_after_steps=2", "training.epochs=3",
+                                                 "training.resume=ckpt/older.pt"]), resolve=True)
+    command = make_config(["training.resume=ckpt/last.pt"])
+    merged, given = config_for_resume(command, stored, {"training.resume"})
+    assert merged.training.stop_after_steps is None and merged.training.resume == "ckpt/last.pt"
+    assert merged.training.epochs == 3 and given == []
+    # given again explicitly, a stop limit applies to this invocation
+    merged, _ = config_for_resume(make_config(["training.resume=ckpt/last.pt", "training.stop_after_steps=5"]), stored,
+                                  {"training.resume", "training.stop_after_steps"})
+    assert merged.training.stop_after_steps == 5
+
+
 @pytest.mark.parametrize("overrides, explicit, message", [
     (["lora.rank=8"], {"lora.rank"}, "lora.rank=8 conflicts with the checkpoint, trained with lora.rank=4"),
     (["model=sam3d"], {"model"}, "model.preset=sam3d conflicts with the checkpoint, trained with model.preset=tiny"),

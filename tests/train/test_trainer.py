@@ -208,3 +208,25 @@ def test_surface_occupancy_trains_on_shells_and_reconstructs_solids(quick_config
     assert torch.equal(logits, solid_logits_from_shell(decoded))
     with pytest.raises(ConfigError, match="data.occupancy"):
         train(quick_config("data.occupancy=shell"), tmp_path / "bad")
+
+
+def test_a_run_stopped_on_an_epochs_last_batch_loses_nothing(quick_config, tmp_path):
+    """Stopped on epoch 1's last batch (2 steps per epoch) and resumed: the finished epoch is validated and
+    saved as if never stopped; the two histories, the epochs kept and best.pt are the uninterrupted run's."""
+    steps = ["training.epochs=3", "training.save_every=1"]
+    straight = train(quick_config(*steps, f"training.checkpoint_dir={tmp_path / 'a'}"), tmp_path / "ra")
+    stopped = train(quick_config(*steps, "training.stop_after_steps=2", f"training.checkpoint_dir={tmp_path / 'b'}"),
+                    tmp_path / "rb")
+    assert stopped["status"] == "interrupted" and straight["status"] == "completed"
+    resumed = train(quick_config(*steps, f"training.checkpoint_dir={tmp_path / 'b'}",
+                                 f"training.resume={tmp_path / 'b' / 'last.pt'}"), tmp_path / "rc")
+    assert resumed["status"] == "completed"
+    a, b = (read_training_checkpoint(tmp_path / name / "last.pt") for name in ("a", "b"))
+    assert [h["epoch"] for h in b["history"]] == [h["epoch"] for h in a["history"]] == [0, 1, 2, 3]
+    for ha, hb in zip(a["history"], b["history"]):
+        assert ha.keys() == hb.keys() and all(ha[k] == pytest.approx(hb[k], abs=1e-6) for k in ha if ha[k] is not None)
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {p.name for p in (tmp_path / "b").iterdir()}
+    best_a, best_b = (read_training_checkpoint(tmp_path / name / "best.pt")["epoch"] for name in ("a", "b"))
+    assert best_a == best_b
+    for key, value in a["trained_state"].items():
+        assert torch.equal(value, b["trained_state"][key]), key

@@ -11,7 +11,9 @@ CLASSES_FILE = "classes.json"
 CLASSES_FORMAT = ('classes.json must map label values to names: {"class_names": {"1": "left_atrium", '
                   '"2": "left_ventricle"}} (label values from 1; 0 is the background)')
 
-# TotalSegmentator heart-crop label values 1..5 (0 is background).
+# The tutorial's label values 1..5 (0 is background): its reference crops and the phantom use them, and
+# `crop --labels totalseg_v1|heartchambers_highres` produces them from TotalSegmentator's output, whose
+# own values differ (data.label_sources).
 DEFAULT_CLASS_NAMES: dict[int, str] = {
     1: "left_atrium",
     2: "left_ventricle",
@@ -55,10 +57,11 @@ def parse_class_names(text: str) -> dict[int, str]:
 
 def find_class_names(folder: str | Path, names_arg: str | None) -> tuple[dict[int, str], str]:
     """Class names from ``names_arg`` (comma-separated names of labels 1..N), else
-    ``folder/classes.json``, else the TotalSegmentator heart order; returns (names, where from)."""
+    ``folder/classes.json``, else the tutorial's order; returns (names, where from)."""
     if names_arg:
         return parse_class_names(names_arg), "--class_names"
     names = read_class_names(folder)
     if names is not None:
         return names, f"{folder}/{CLASSES_FILE}"
-    return dict(DEFAULT_CLASS_NAMES), "default TotalSegmentator heart order (pass --class_names to change)"
+    return dict(DEFAULT_CLASS_NAMES), ("the tutorial's default order (1 left_atrium ... 5 myocardium; not any "
+                                       "tool's own values: pass --class_names to change)")

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
+from .label_sources import PUBLISHED_VALUES, named_label_map
 from ..io.nifti import Volume, grid_mismatch
 from .geometry import voxel_to_world
 
@@ -33,16 +34,21 @@ class Crop:
 
 
 def parse_label_map(text: str | None, available: list[int]) -> dict[int, int]:
-    """``"1,2,3"`` (kept as they are), ``"51:1,52:2"`` (source:target), or None (every label kept)."""
+    """``"1,2,3"`` (kept as they are), ``"45:1,46:2"`` (source:target), a named source (``totalseg_v1``,
+    ``heartchambers_highres``: ``label_sources``), or None (every label kept)."""
     if not text:
         return {v: v for v in available}
+    named = named_label_map(text.strip())
+    if named is not None:
+        return named
     mapping = {}
     for part in text.split(","):
         source, _, target = part.strip().partition(":")
         try:
             mapping[int(source)] = int(target) if target else int(source)
         except ValueError:
-            raise InputError(f"--labels {text!r}: give label values, e.g. 1,2,3 or 51:1,52:2") from None
+            raise InputError(f"--labels {text!r}: give label values, e.g. 1,2,3 or 45:1,46:2, or a named source: "
+                             f"{', '.join(PUBLISHED_VALUES)}") from None
     if any(not 1 <= t <= 255 for t in mapping.values()):
         raise InputError(f"--labels {text!r}: target labels must be in 1..255")
     return mapping

@@ -16,8 +16,9 @@ Masks are boolean arrays indexed [i, j, k] on a grid with voxel size ``spacing_m
   default): at 3 mm voxels and tau = 1 mm that is nearly binary (a one-voxel erosion scores 0).
 - Chamfer: the mean of the two directed mean distances (not squared), in mm.
 Empty masks: both empty -> every metric NaN (undefined); exactly one empty -> Dice 0, NSD 0,
-HD95 inf, Chamfer inf (a missed or hallucinated structure is a failure, not a gap). Where both
-masks are non-empty the values equal MONAI's (tests/eval/test_metrics.py).
+HD95 inf, Chamfer inf (a missed or hallucinated structure is a failure, not a gap; ``summarize``
+keeps it in every mean and median). Where both masks are non-empty the values equal MONAI's
+(tests/eval/test_metrics.py).
 """
 
 from __future__ import annotations
@@ -129,13 +130,22 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing_mm,
 
 
 def summarize(values: list[float]) -> dict:
-    """Mean, std, median over the finite values; counts of NaN and inf given separately."""
+    """Mean, std and median of a metric over structures, counting failures as failures.
+
+    NaN (both masks empty: the metric is undefined) is left out and counted (``nan``). inf (one mask
+    empty: a missed or hallucinated structure, HD95/Chamfer) is a failure and stays in: one inf makes
+    the mean and std inf, and the median is inf when half the values or more are (median(0, inf, inf,
+    inf) = inf). Counts: ``count`` (all), ``finite``, ``nan``, ``inf``. Every summary (console table,
+    metrics.json, the HTML report) reads these, so a model that fails is never shown as the best."""
     array = np.asarray(values, dtype=np.float64)
-    finite = array[np.isfinite(array)]
-    return {
-        "mean": float(finite.mean()) if finite.size else math.nan,
-        "std": float(finite.std()) if finite.size else math.nan,
-        "median": float(np.median(finite)) if finite.size else math.nan,
-        "count": int(array.size), "finite": int(finite.size),
-        "nan": int(np.isnan(array).sum()), "inf": int(np.isinf(array).sum()),
-    }
+    defined = array[~np.isnan(array)]
+    failures = int(np.isinf(defined).sum())
+    if defined.size == 0:
+        mean = std = median = math.nan
+    elif failures:
+        mean = std = math.inf
+        median = float(np.median(defined))
+    else:
+        mean, std, median = float(defined.mean()), float(defined.std()), float(np.median(defined))
+    return {"mean": mean, "std": std, "median": median, "count": int(array.size),
+            "finite": int(defined.size - failures), "nan": int(array.size - defined.size), "inf": failures}

@@ -31,6 +31,7 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -346,7 +347,8 @@ def write_reports(records: list[dict], output_dir: Path, protocol: dict, names: 
         summary[method] = {"overall": {m: summarize([r[m] for r in rows]) for m in metric_names}, "per_class": per_class}
     document = {"protocol": protocol, "versions": {"sam3d_med": __version__, "torch": torch.__version__,
                                                    "monai (reference for the metrics' tests)": _installed("monai")},
-                "empty_mask_convention": "both empty: NaN; one empty: dice/nsd 0, hd95/chamfer inf; summaries over finite values",
+                "empty_mask_convention": "both empty: NaN; one empty: dice/nsd 0, hd95/chamfer inf; summaries leave NaN out "
+                                         "(counted) and keep inf in (a failure: one makes the mean inf)",
                 "warnings": list(warnings or []), "summary": summary, "records": records}
     atomic_write_json(output_dir / "metrics.json", json_safe(document))
     buffer = io.StringIO()
@@ -359,10 +361,13 @@ def write_reports(records: list[dict], output_dir: Path, protocol: dict, names: 
 
 
 def distance_cell(stats: dict) -> str:
-    """A distance summary as the table shows it: the median of the finite values in mm, and how many
-    were inf (a prediction or truth was empty), as metrics.json counts them; never a bare "nan"."""
-    if stats["finite"] == 0:
-        return f"inf ({stats['inf']} of {stats['count']})" if stats["inf"] else "no values"
+    """A distance summary as the table shows it: the median in mm over every structure, failures
+    (inf: a prediction or truth was empty) included, and how many were inf, as metrics.json counts
+    them; never a bare "nan"."""
+    if stats["count"] == stats["nan"]:
+        return "no values"
+    if math.isinf(stats["median"]):
+        return f"inf ({stats['inf']} of {stats['count'] - stats['nan']})"
     return f"{stats['median']:.1f} mm" + (f" ({stats['inf']} inf)" if stats["inf"] else "")
 
 

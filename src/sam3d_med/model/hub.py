@@ -9,9 +9,10 @@ instructions move that folder's content to ``checkpoints/hf``. We write the same
 pipeline really uses. By default only the sparse-structure stage (generator, decoder, encoder),
 which is what sam3d-med fine-tunes; ``everything=True`` fetches every file pipeline.yaml names.
 
-Files are fetched with ``huggingface_hub.hf_hub_download`` into ``out_dir/.hf_download`` (its
-metadata makes re-runs skip finished files, and an interrupted transfer resumes from the partial
-file), then hard-linked (copied where links fail) into ``out_dir``. The folder is verified at the end.
+Files are fetched with huggingface_hub's metadata request and HTTP transfer into
+``out_dir/.hf_download`` (``_fetch``: an interrupted transfer continues on the next run from the bytes
+received, a finished file is checked against the Hub's checksum and recorded, so re-runs skip it),
+then hard-linked (copied where links fail) into ``out_dir``. The folder is verified at the end.
 
 The SS encoder is fetched as pipeline.yaml names it: today's release holds ``ss_encoder.ckpt`` and
 ``ss_encoder.yaml`` (Meta released the encoder on 2026-06-01); older snapshots and mirrors hold 0-byte
@@ -23,8 +24,11 @@ one, training takes its flow targets from the encoder; without, from inverting t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,17 +78,30 @@ def required_files(pipeline: dict) -> list[str]:
                               for name in (named.get(component) or FALLBACK_FILES[component])]
 
 
-def _explain_hub_error(exc: Exception, repo_id: str, endpoint: str, filename: str) -> DownloadError:
-    """Turn a huggingface_hub/httpx exception into one actionable line."""
+def _token_sent(token: str | None) -> bool:
+    """Whether a request carries a token: the one given, else HF_TOKEN or a stored login (as
+    huggingface_hub resolves it)."""
+    from huggingface_hub import get_token
+
+    return bool(token or get_token())
+
+
+def _explain_hub_error(exc: Exception, repo_id: str, endpoint: str, filename: str, token: str | None = None) -> DownloadError:
+    """Turn a huggingface_hub/httpx exception into one line naming what happened (by the HTTP status
+    the Hub answered, not by the exception's class) and what to do."""
     from huggingface_hub import errors as hf_errors
 
     access = (f"request access at {endpoint}/{repo_id} (log in, accept the licence), then authenticate with "
               f"`hf auth login`, the HF_TOKEN environment variable, or --token")
     status = getattr(getattr(exc, "response", None), "status_code", None)
-    if isinstance(exc, hf_errors.GatedRepoError) or status == 403:
+    if status == 401 or (status is None and isinstance(exc, hf_errors.RepositoryNotFoundError)):
+        if not _token_sent(token):
+            return DownloadError(f"the Hub refused {repo_id} (HTTP 401): no token was sent (not logged in); it is "
+                                 f"gated: {access}")
+        return DownloadError(f"the Hub refused the token for {repo_id} (HTTP 401: invalid or expired token): create a "
+                             f"new one at {endpoint}/settings/tokens; {access}")
+    if status == 403 or isinstance(exc, hf_errors.GatedRepoError):
         return DownloadError(f"{repo_id} is gated and this token has not been granted access (HTTP 403): {access}")
-    if status == 401 or isinstance(exc, hf_errors.RepositoryNotFoundError):
-        return DownloadError(f"the Hub refused {repo_id} without a valid token (HTTP {status or 401}): {access}")
     if isinstance(exc, hf_errors.RevisionNotFoundError):
         return DownloadError(f"{repo_id}: revision not found ({exc.__class__.__name__})")
     if isinstance(exc, hf_errors.RemoteEntryNotFoundError):
@@ -98,19 +115,96 @@ def _explain_hub_error(exc: Exception, repo_id: str, endpoint: str, filename: st
 
 
 def _fetch(repo_id: str, filename: str, staging: Path, revision: str, token: str | None, endpoint: str,
-           optional: bool = False) -> Path | None:
-    """The downloaded file; None for an ``optional`` file the repository does not have."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub import errors as hf_errors
+           optional: bool = False, log=print) -> Path | None:
+    """The file ``checkpoints/filename`` of the repository, downloaded into ``staging`` (None for an
+    ``optional`` file the repository does not have).
 
+    A transfer that stops (Ctrl-C, a lost connection, a killed process) keeps the bytes received in
+    ``staging/checkpoints/<name>.<etag>.part``, and the next run asks the Hub for the rest only (an
+    HTTP Range request); huggingface_hub itself discards a partial file when a process stops. A
+    finished file is checked against the Hub's ETag (the SHA-256 of an LFS file, the git blob hash
+    of a small one) and recorded beside it (``<name>.json``: ETag, size, commit), so a re-run fetches
+    nothing again; offline, a recorded file is used as it is."""
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    target = staging / REPO_SUBFOLDER / filename
+    record_path = target.with_name(f"{filename}.json")
+    record = _read_record(record_path) if target.is_file() else None
+    url = hf_hub_url(repo_id, f"{REPO_SUBFOLDER}/{filename}", revision=revision, endpoint=endpoint)
     try:
-        path = hf_hub_download(repo_id, f"{REPO_SUBFOLDER}/{filename}", revision=revision, local_dir=staging,
-                               token=token, endpoint=endpoint)
+        meta = get_hf_file_metadata(url, token=token)
     except Exception as exc:  # every failure becomes one line; huggingface_hub raises many types
         if optional and isinstance(exc, hf_errors.RemoteEntryNotFoundError):
             return None
-        raise _explain_hub_error(exc, repo_id, endpoint, filename) from None
-    return Path(path)
+        error = _explain_hub_error(exc, repo_id, endpoint, filename, token)
+        if record is not None and str(error).startswith("cannot reach"):  # offline: what was finished before
+            log(f"{filename}: the Hub cannot be reached; using the copy finished on {record.get('finished', '?')}")
+            return target
+        raise error from None
+    etag, size = (meta.etag or "").strip('"'), meta.size
+    if record is not None and record.get("etag") == etag and target.stat().st_size == size:
+        return target  # finished before, unchanged on the Hub
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f"{filename}.{etag[:16] or 'noetag'}.part")
+    for stale in target.parent.glob(f"{filename}.*.part"):  # parts of an older version of the file
+        if stale != part:
+            stale.unlink(missing_ok=True)
+    if target.is_file() and record is None and target.stat().st_size == size and _content_matches(target, etag):
+        part = target  # downloaded by an older sam3d-med, without a record: verified, kept
+    else:
+        received = part.stat().st_size if part.is_file() else 0
+        if size is not None and received > size:  # not a prefix of this file
+            part.unlink()
+            received = 0
+        if received:
+            log(f"{filename}: continuing from {received:,d} of {size:,d} bytes received before")
+        from filelock import FileLock, Timeout
+
+        try:
+            with FileLock(f"{part}.lock", timeout=0), open(part, "ab") as fh:
+                http_get(meta.location, fh, resume_size=received, headers=build_hf_headers(token=token),
+                         expected_size=size, displayed_filename=filename)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except Timeout:
+            raise DownloadError(f"{filename}: another download into {staging.parent} is running; wait for it, or "
+                                f"stop it first") from None
+        except Exception as exc:  # the bytes received stay in the .part file, for the next run
+            raise _explain_hub_error(exc, repo_id, endpoint, filename, token) from None
+        if not _content_matches(part, etag):
+            part.unlink()
+            raise DownloadError(f"{filename}: the downloaded bytes do not match the Hub's checksum ({etag[:16]}...): "
+                                f"the partial file was removed; run the same command again")
+        os.replace(part, target)
+    atomic_write_json(record_path, {"etag": etag, "size": size, "commit": meta.commit_hash,
+                                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return target
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _content_matches(path: Path, etag: str) -> bool:
+    """Whether the file's content is what the Hub's ETag names: a SHA-256 (64 hex digits: LFS files)
+    or a git blob SHA-1 (40: files kept in git); any other ETag cannot be checked (True)."""
+    if len(etag) == 64:
+        digest = hashlib.sha256()
+    elif len(etag) == 40:
+        digest = hashlib.sha1()
+        digest.update(f"blob {path.stat().st_size}\0".encode())
+    else:
+        return True
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == etag
 
 
 def _place(source: Path, target: Path) -> None:
@@ -227,7 +321,7 @@ def remove_unheld_locks(staging: Path) -> int:
 
 def _download_into(repo_id: str, out_dir: Path, staging: Path, revision: str, token: str | None, endpoint: str,
                    everything: bool, log) -> DownloadResult:
-    pipeline_path = _fetch(repo_id, PIPELINE_FILE, staging, revision, token, endpoint)
+    pipeline_path = _fetch(repo_id, PIPELINE_FILE, staging, revision, token, endpoint, log=log)
     try:
         pipeline = yaml.safe_load(pipeline_path.read_text())
     except yaml.YAMLError as exc:
@@ -238,7 +332,7 @@ def _download_into(repo_id: str, out_dir: Path, staging: Path, revision: str, to
     required = required_files(pipeline)
     for name in wanted:
         source = pipeline_path if name == PIPELINE_FILE else \
-            _fetch(repo_id, name, staging, revision, token, endpoint, optional=name not in required)
+            _fetch(repo_id, name, staging, revision, token, endpoint, optional=name not in required, log=log)
         if source is None:  # an optional file (the encoder's) that this revision does not hold
             result.absent.append(name)
             continue

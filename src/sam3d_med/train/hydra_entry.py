@@ -1,15 +1,32 @@
-"""Entry point behind ``scripts/train_medical_hydra.py``: Hydra config in, one-line errors out."""
+"""Entry point behind ``scripts/train_medical_hydra.py``: Hydra config in, one-line errors out.
+
+Every path setting (``PATH_KEYS``) means what the user typed: relative to the folder the command was
+launched from, also with ``hydra.job.chdir=true`` (which moves the working directory into the run's
+output folder). They are made absolute against that folder before anything reads them, so the
+checkpoint stores absolute paths and an error names the absolute path it tried.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..errors import Sam3dMedError
 
 log = logging.getLogger("sam3d_med.train")
+PATH_KEYS = ("data.slice_cache_dir", "model.checkpoint_dir", "training.checkpoint_dir", "training.resume")
+
+
+def resolve_paths(cfg: DictConfig, launch_dir: str | Path) -> DictConfig:
+    """``cfg`` with every relative path setting made absolute against ``launch_dir``."""
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if value and not Path(str(value)).is_absolute():
+            OmegaConf.update(cfg, key, str((Path(launch_dir) / str(value)).resolve()), force_add=True)
+    return cfg
 
 
 def run_training_job(cfg: DictConfig) -> int:
@@ -17,10 +34,12 @@ def run_training_job(cfg: DictConfig) -> int:
 
     from .config_check import check_training_config
 
-    run_dir = HydraConfig.get().runtime.output_dir
+    runtime = HydraConfig.get().runtime
+    run_dir = runtime.output_dir
     try:
+        cfg = resolve_paths(cfg, runtime.cwd)  # the launch folder, whatever hydra.job.chdir says
         if cfg.training.get("resume"):  # the checkpoint's settings first, then the checks of what results
-            cfg = _resume_config(cfg)
+            cfg = resolve_paths(_resume_config(cfg), runtime.cwd)
         check_training_config(cfg)  # before torch loads: a wrong value is one line within a second
         from .trainer import train
 

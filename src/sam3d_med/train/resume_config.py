@@ -5,9 +5,11 @@ A checkpoint stores the resolved configuration it was trained with. The tutorial
 trained with ``lora.rank=4`` must resume with rank 4, not the default 8. Resuming therefore starts
 from the stored configuration and applies on top only the settings given explicitly on the command
 line (``key=value``, a ``model=`` group, the keys an ``experiment=`` file sets), plus this machine's
-settings (``device``, ``data.num_workers``). An explicit value that contradicts what the trained
-weights are (the model, the LoRA structure, full-weight vs LoRA, the target frame) is one line
-naming the key.
+settings (``device``, ``data.num_workers``). One-shot settings, which describe one invocation and
+not the run (``training.resume``, ``training.stop_after_steps``), are never inherited: a run stopped
+after N steps and resumed, as its own message says, trains on to ``training.epochs``. An explicit
+value that contradicts what the trained weights are (the model, the LoRA structure, full-weight vs
+LoRA, the target frame) is one line naming the key.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import ConfigError
 
 MACHINE_KEYS = ("device", "data.num_workers")  # where the run happens, not what it trains
+ONE_SHOT_KEYS = ("training.resume", "training.stop_after_steps")  # this invocation's, never the checkpoint's
 STRUCTURAL_KEYS = ("model", "lora.enabled", "lora.rank", "lora.targets", "lora.include_mlp", "lora.trainable_modules",
                    "training.train_base", "data.target_frame")
 
@@ -74,11 +77,11 @@ def config_for_resume(cfg: DictConfig, stored: dict, explicit: set[str]) -> tupl
         elif mine != theirs:
             raise ConfigError(f"{key}={mine} conflicts with the checkpoint, trained with {key}={theirs}: a resumed run "
                               f"keeps what its weights are (drop the option, or start a new run)")
-    taken = sorted({*[k for k in _leaves(given) if _covered(k, explicit)], *MACHINE_KEYS, "training.resume"})
+    taken = sorted({*[k for k in _leaves(given) if _covered(k, explicit)], *MACHINE_KEYS, *ONE_SHOT_KEYS})
     for key in taken:
         value = OmegaConf.select(cfg, key)
         if value is not None or OmegaConf.select(merged, key) is not None:
             OmegaConf.update(merged, key, value, force_add=True)
     # keys this version has and the checkpoint's config lacks (an older sam3d-med) keep their defaults
     merged = OmegaConf.merge(OmegaConf.create({k: v for k, v in given.items() if k != "hydra"}), merged)
-    return merged, sorted(set(taken) - set(MACHINE_KEYS) - {"training.resume"})
+    return merged, sorted(set(taken) - set(MACHINE_KEYS) - set(ONE_SHOT_KEYS))

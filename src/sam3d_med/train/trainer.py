@@ -582,6 +582,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     history: list[dict] = []
     start_epoch, skip_batches, step, best_dice, best_loss = 1, 0, 0, -1.0, float("inf")
+    resumed_losses, pending_end = [], None
     if cfg.training.get("resume"):
         payload = read_training_checkpoint(cfg.training.resume)
         if payload["model_config"] != model.cfg.to_dict():
@@ -597,6 +598,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         restore_rng(payload["rng"])
         step, best_dice, history = payload["step"], payload["best_dice"], payload["history"]
         best_loss = payload.get("best_train_loss", float("inf"))
+        resumed_losses = list(payload.get("epoch_losses", []))
+        pending_end = payload.get("pending_epoch_end")
         if payload["batches_done"]:
             start_epoch, skip_batches = payload["epoch"], payload["batches_done"]
         else:
@@ -610,13 +613,49 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         ckpt_dir.mkdir(parents=True, exist_ok=True)
 
-    def payload_for(epoch: int, batches_done: int) -> dict:
+    def payload_for(epoch: int, batches_done: int, epoch_losses: list[float] | None = None,
+                    pending_epoch_end: dict | None = None) -> dict:
+        """The checkpoint; stopped inside an epoch it also holds that epoch's losses so far (so that the
+        resumed run's train_loss is the whole epoch's), stopped on its last batch the epoch's end still
+        to do (validation, history, epoch_N.pt, best.pt), which the resumed run does first."""
         return {"format": CHECKPOINT_FORMAT, "trained_state": trained_state(model, cfg),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "epoch": epoch, "batches_done": batches_done, "step": step,
                 "best_dice": best_dice, "best_train_loss": best_loss, "best_by": best_by, "rng": rng_states(),
                 "config": resolved, "model_config": model.cfg.to_dict(),
-                "base_identity": identity, "history": history}
+                "base_identity": identity, "history": history, "epoch_losses": list(epoch_losses or []),
+                "pending_epoch_end": pending_epoch_end}
+
+    def finish_epoch(epoch: int, train_loss: float, rate: float | None) -> None:
+        """The end of an epoch: validation, the history, last.pt, epoch_N.pt and best.pt."""
+        nonlocal best_dice, best_loss
+        record = {"epoch": epoch, "train_loss": train_loss}
+        if not ranks.is_main:
+            return
+        if len(val_set):
+            record.update(validate(objective, val_loader, device, cfg))
+        history.append(record)
+        log.info("epoch %d: train_loss %.4f val_loss %.4f val_dice %.4f (sampled) %.4f (one step from noise)%s", epoch,
+                 record["train_loss"], record.get("val_loss", float("nan")), record.get("val_dice", float("nan")),
+                 record.get("val_dice_one_step", float("nan")), "" if rate is None else f" ({rate:.1f} samples/s)")
+        for key, value in record.items():
+            if key != "epoch":
+                writer.add_scalar(f"epoch/{key}", value, epoch)
+        if best_by == "val_dice":
+            dice_now = record.get("val_dice", float("nan"))
+            improved = np.isfinite(dice_now) and dice_now > best_dice
+            best_dice = dice_now if improved else best_dice
+        else:
+            improved = np.isfinite(record["train_loss"]) and record["train_loss"] < best_loss
+            best_loss = record["train_loss"] if improved else best_loss
+        if improved:
+            log.info("best.pt: epoch %d (%s %.4f)", epoch, best_by, best_dice if best_by == "val_dice" else best_loss)
+        payload = payload_for(epoch, 0)
+        save_training_checkpoint(ckpt_dir / "last.pt", payload)
+        if epoch % int(cfg.training.save_every) == 0 or epoch == epochs:
+            save_training_checkpoint(ckpt_dir / f"epoch_{epoch}.pt", payload)
+        if improved or not (ckpt_dir / "best.pt").exists():
+            save_training_checkpoint(ckpt_dir / "best.pt", payload)
 
     status = "completed"
     stop_after = cfg.training.get("stop_after_steps")
@@ -626,6 +665,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             history.append({"epoch": 0, "train_loss": None, **baseline})
             log.info("epoch 0 (untrained): val_loss %.4f val_dice %.4f (sampled) %.4f (one step from noise)",
                      baseline["val_loss"], baseline["val_dice"], baseline["val_dice_one_step"])
+        if pending_end is not None:  # stopped on an epoch's last batch: that epoch's end first, as if never stopped
+            finish_epoch(pending_end["epoch"], pending_end["train_loss"], None)
         ranks.barrier()
         model.train()
         for epoch in range(start_epoch, epochs + 1):
@@ -636,7 +677,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             train_set.set_epoch(epoch)
             bar = tqdm(total=batches_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not ranks.is_main,
                        initial=skip_batches)
-            epoch_losses, seen, started = [], 0, time.perf_counter()
+            epoch_losses = resumed_losses if epoch == start_epoch and skip_batches else []
+            seen, started = 0, time.perf_counter()
             batches_done = skip_batches
             for i, batch in enumerate(train_loader):
                 if i >= batches_per_epoch:
@@ -673,42 +715,18 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                     break
             bar.close()
             skip_batches = 0
+            train_loss = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
             if stop.signal is not None:
                 done = batches_done >= batches_per_epoch
-                if ranks.is_main:
-                    save_training_checkpoint(ckpt_dir / "last.pt", payload_for(epoch, 0 if done else batches_done))
+                if ranks.is_main:  # an epoch stopped on its last batch is finished: its end is done on resume
+                    save_training_checkpoint(ckpt_dir / "last.pt", payload_for(
+                        epoch, 0 if done else batches_done, None if done else epoch_losses,
+                        {"epoch": epoch, "train_loss": train_loss} if done else None))
                     log.info("stopped by %s in epoch %d after %d batches: wrote %s; resume with training.resume=%s",
                              stop.reason, epoch, batches_done, ckpt_dir / "last.pt", ckpt_dir / "last.pt")
                 status = "interrupted"
                 break
-            record = {"epoch": epoch, "train_loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan")}
-            if ranks.is_main:
-                if len(val_set):
-                    record.update(validate(objective, val_loader, device, cfg))
-                history.append(record)
-                log.info("epoch %d: train_loss %.4f val_loss %.4f val_dice %.4f (sampled) %.4f (one step from noise) "
-                         "(%.1f samples/s)", epoch, record["train_loss"], record.get("val_loss", float("nan")),
-                         record.get("val_dice", float("nan")), record.get("val_dice_one_step", float("nan")),
-                         seen / max(1e-9, time.perf_counter() - started))
-                for key, value in record.items():
-                    if key != "epoch":
-                        writer.add_scalar(f"epoch/{key}", value, epoch)
-                if best_by == "val_dice":
-                    dice_now = record.get("val_dice", float("nan"))
-                    improved = np.isfinite(dice_now) and dice_now > best_dice
-                    best_dice = dice_now if improved else best_dice
-                else:
-                    improved = np.isfinite(record["train_loss"]) and record["train_loss"] < best_loss
-                    best_loss = record["train_loss"] if improved else best_loss
-                if improved:
-                    log.info("best.pt: epoch %d (%s %.4f)", epoch, best_by,
-                             best_dice if best_by == "val_dice" else best_loss)
-                payload = payload_for(epoch, 0)
-                save_training_checkpoint(ckpt_dir / "last.pt", payload)
-                if epoch % int(cfg.training.save_every) == 0 or epoch == epochs:
-                    save_training_checkpoint(ckpt_dir / f"epoch_{epoch}.pt", payload)
-                if improved or not (ckpt_dir / "best.pt").exists():
-                    save_training_checkpoint(ckpt_dir / "best.pt", payload)
+            finish_epoch(epoch, train_loss, seen / max(1e-9, time.perf_counter() - started))
             ranks.barrier()
     if ranks.is_main:
         plot_curves(history, run_dir / "curves.png")

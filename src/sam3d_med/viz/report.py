@@ -51,6 +51,15 @@ def _table(header: list[str] | None, rows: list[list[str]]) -> str:
     return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
+def _summary_cell(stats: dict, statistic: str, digits: int) -> str:
+    """A summary statistic as the console table shows it: failures (inf) are in the value, and their
+    count beside it (``runner.distance_cell``)."""
+    cell = _cell(stats[statistic], digits)
+    if stats.get("inf"):
+        cell += f" <small>({stats['inf']} of {stats['count'] - stats['nan']} inf)</small>"
+    return cell
+
+
 def _model_table(summary: dict, nsd_keys: list[str]) -> str:
     header = ["class", "n", "Dice mean &plusmn; std", "Dice median", "HD95 median (mm)", "Chamfer median (mm)"]
     header += [f"NSD@{k[4:-2]} mm mean" for k in nsd_keys] + ["non-finite (NaN / inf)"]
@@ -60,7 +69,8 @@ def _model_table(summary: dict, nsd_keys: list[str]) -> str:
         dice = stats["dice"]
         nonfinite = f"{stats['hd95_mm']['nan']} / {stats['hd95_mm']['inf']} (HD95)"
         rows.append([html.escape(name), str(dice["count"]), f"{_cell(dice['mean'])} &plusmn; {_cell(dice['std'])}",
-                     _cell(dice["median"]), _cell(stats["hd95_mm"]["median"], 1), _cell(stats["chamfer_mm"]["median"], 1)]
+                     _cell(dice["median"]), _summary_cell(stats["hd95_mm"], "median", 1),
+                     _summary_cell(stats["chamfer_mm"], "median", 1)]
                     + [_cell(stats[k]["mean"]) for k in nsd_keys] + [nonfinite])
     return _table(header, rows)
 
@@ -73,12 +83,16 @@ def _comparison_table(summary: dict, methods: list[str]) -> str:
     for name in classes + ["all classes"]:
         row = [html.escape(name)]
         for key, _, statistic, higher_better in COMPARED:
-            values = [_number((summary[m]["overall"] if name == "all classes" else summary[m]["per_class"][name])[key][statistic])
-                      for m in methods]
-            finite = [v for v in values if math.isfinite(v)]
-            best = (max(finite) if higher_better else min(finite)) if finite else None
+            stats = [(summary[m]["overall"] if name == "all classes" else summary[m]["per_class"][name])[key]
+                     for m in methods]
+            values = [_number(st[statistic]) for st in stats]
+            # failures (inf) are in the values, so a method that failed is never the best; NaN (undefined) is not
+            defined = [v for v in values if not math.isnan(v)]
+            best = (max(defined) if higher_better else min(defined)) if defined else None
+            best = best if best is not None and math.isfinite(best) else None
             digits = 3 if key.startswith(("dice", "nsd")) else 1  # fractions vs millimetres
-            row += [f"<b>{_cell(v, digits)}</b>" if v == best else _cell(v, digits) for v in values]
+            row += [f"<b>{_summary_cell(st, statistic, digits)}</b>" if v == best else _summary_cell(st, statistic, digits)
+                    for st, v in zip(stats, values)]
         rows.append(row)
     return _table(header, rows)
 
@@ -106,15 +120,24 @@ def _box_plots(records: list[dict], methods: list[str]) -> str:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Dice", "HD95 (mm; infinite values left out, counted in the table)"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Dice", "HD95 (mm; failures, inf, drawn as crosses at the top)"))
+    finite_hd95 = [_number(r["hd95_mm"]) for r in records if math.isfinite(_number(r["hd95_mm"]))]
+    top = 1.1 * max(finite_hd95, default=10.0)  # where a failure is drawn: above every finite value
     for m in methods:
         rows = [r for r in records if r["method"] == m]
+        failures = sum(math.isinf(_number(r["hd95_mm"])) for r in rows)
+        label = METHOD_LABELS.get(m, m) + (f" ({failures} failed: HD95 inf)" if failures else "")
         for col, key in ((1, "dice"), (2, "hd95_mm")):
             values = [(r["class_name"], _number(r[key])) for r in rows]
-            values = [(c, v) for c, v in values if math.isfinite(v)]
-            fig.add_trace(go.Box(x=[c for c, _ in values], y=[v for _, v in values], name=METHOD_LABELS.get(m, m),
+            finite = [(c, v) for c, v in values if math.isfinite(v)]
+            fig.add_trace(go.Box(x=[c for c, _ in finite], y=[v for _, v in finite], name=label,
                                  marker_color=METHOD_COLOURS.get(m), boxpoints="all", jitter=0.4, pointpos=0,
                                  legendgroup=m, showlegend=(col == 1)), row=1, col=col)
+            inf = [c for c, v in values if math.isinf(v)]
+            if inf:
+                fig.add_trace(go.Scatter(x=inf, y=[top] * len(inf), mode="markers", name=f"{label}: inf",
+                                         marker={"symbol": "x", "size": 10, "color": METHOD_COLOURS.get(m)},
+                                         legendgroup=m, showlegend=False), row=1, col=col)
     fig.update_layout(boxmode="group", height=430, margin={"t": 40, "b": 40}, legend={"orientation": "h"})
     return _plotly_div(fig)
 
