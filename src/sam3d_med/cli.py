@@ -405,12 +405,12 @@ def cmd_crop(args) -> int:
     from .data.crop import crop_around_labels, parse_label_map
     from .data.label_sources import named_label_map
     from .io.atomic import atomic_write_json
-    from .io.nifti import load_volume, save_volume
+    from .io.nifti import label_on_image_grid, load_volume, save_volume
 
     if args.size < 8 or args.spacing <= 0:
         raise Sam3dMedError(f"--size {args.size} --spacing {args.spacing}: need at least 8 voxels of a positive size")
     image = load_volume(args.image, "image", canonical=False)
-    label = load_volume(args.label, "label", canonical=False)
+    label = label_on_image_grid(load_volume(args.label, "label", canonical=False), image, args.label)
     label_map = parse_label_map(args.labels, [int(v) for v in np.unique(label.data) if v > 0])
     crop = crop_around_labels(image, label, label_map, size=args.size, spacing_mm=args.spacing)
     case_id = args.case_id
@@ -542,10 +542,30 @@ def run_command(func, args) -> int:
         return 0
 
 
+def show_warnings_as_lines() -> None:
+    """sam3d-med's own warnings (geometry that viewers read differently, a label reordered onto its
+    image) as one ``warning:`` line on stderr each, once; other libraries' warnings as Python shows them."""
+    import warnings
+
+    from .io.nifti import GeometryWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, GeometryWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.simplefilter("default", GeometryWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .runtime import keep_freed_memory_for_reuse
 
     args = build_parser().parse_args(argv)
+    show_warnings_as_lines()
     keep_freed_memory_for_reuse()  # CPU work (preprocessing, evaluation, sampling): see runtime.py
     return run_command(args.func, args)
 

@@ -302,3 +302,38 @@ def test_warnings_for_non_ct_intensities_and_a_class_that_never_occurs(tmp_path,
     assert stderr.count("intensities do not look like CT in Hounsfield units") == 1 and "s0002-image" in stderr
     assert any(m == "warning: class 4 (right_ventricle) occurs in none of the 2 cases: check --classes and the "
                     "label values" for m in messages)
+
+
+@pytest.mark.parametrize("crop", [None, 64])
+def test_a_label_is_taken_by_the_one_grid_rule(tmp_path, crop):
+    """With and without --crop: a label stored in the other voxel order with a header keeping every voxel
+    in place gives the same cache as the original; a header that mirrors it in the world (LPS with the
+    image's origin, 189 mm away) is refused with what differs in mm and axes, nothing written."""
+    write_phantom_dataset(tmp_path / "raw", 1, seed=2)  # LAS
+    case = tmp_path / "raw" / "s0001"
+    image = nib.load(case / "s0001-image.nii.gz")
+    label = np.asarray(nib.load(case / "s0001-label.nii.gz").dataobj)
+    affine = image.affine
+    reordered, mirrored = affine.copy(), affine.copy()
+    reordered[:3, 3] += affine[:3, 1] * (label.shape[1] - 1)
+    reordered[:3, 1] *= -1
+    mirrored[:3, 1] *= -1
+    options = PreprocessOptions(axes=(2,), crop_size=crop)
+    caches = {}
+    for name, data, header in (("same", label, affine), ("reordered", label[:, ::-1, :], reordered),
+                               ("mirrored", label, mirrored)):
+        folder = tmp_path / name / "s0001"
+        folder.mkdir(parents=True)
+        shutil.copy(case / "s0001-image.nii.gz", folder)
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(data), header), folder / "s0001-label.nii.gz")
+        messages = []
+        summary = run_preprocess(tmp_path / name, tmp_path / f"cache_{name}", options, workers=1, progress=False,
+                                 log=messages.append)
+        caches[name] = (summary, messages)
+    assert caches["same"][0].ok and caches["reordered"][0].ok
+    np.testing.assert_array_equal(np.load(tmp_path / "cache_same" / "s0001_sdf.npy"),
+                                  np.load(tmp_path / "cache_reordered" / "s0001_sdf.npy"))
+    summary, _ = caches["mirrored"]
+    assert not summary.ok and not (tmp_path / "cache_mirrored" / "s0001_sdf.npy").exists()
+    error = summary.failed["s0001"]
+    assert "axes LPS vs LAS" in error and "centre shifted by [0.0, -189.0, 0.0] mm along R, A, S" in error

@@ -97,6 +97,7 @@ def test_an_empty_prediction_writes_the_niftis_warns_and_succeeds(tmp_path, monk
 
     monkeypatch.setattr(predict, "reconstruct_logits", nothing)
     model = SparseStructureModel(get_preset("tiny"))
+    (tmp_path / "pred.obj").write_text("v 0 0 0\n")  # a mesh left by an earlier prediction at that path
     for mesh in (None, tmp_path / "pred.obj"):
         written = predict.predict_volume(model, files["image"], 2, index, tmp_path / "pred.nii.gz",
                                          label_path=files["label"], class_id=2, mesh_path=mesh,
@@ -122,9 +123,10 @@ def test_a_class_absent_from_the_labels_or_the_slice_is_named(tmp_path):
         predict_volume(model, files["image"], 2, 0, tmp_path / "p.nii.gz", label_path=files["label"], class_id=2)
 
 
-def test_several_draws_give_a_sub_voxel_surface_and_one_draw_its_cube(monkeypatch):
-    """reconstruct_logits: with several object-frame draws the surface comes from the finer grid
-    around the structure (not the scan's 3 mm grid); the NIfTI logits stay the grid's mean."""
+def test_draws_give_a_sub_voxel_surface_of_the_grids_map(monkeypatch):
+    """reconstruct_logits: with one or several object-frame draws the surface comes from the finer grid
+    around the structure (not the scan's 3 mm grid, not the cube beyond it); the NIfTI logits stay the
+    grid's (mean), and every grid voxel centre of the surface map has the grid's value."""
     import torch
 
     from sam3d_med.eval import predict
@@ -141,4 +143,129 @@ def test_several_draws_give_a_sub_voxel_surface_and_one_draw_its_cube(monkeypatc
     one = draws[0]
     monkeypatch.setattr(predict, "reconstruct_on_grid", lambda *a, **k: one)
     single, = predict.reconstruct_logits(None, [{"x": torch.zeros(1)}], (24, 24, 24), affine, frame="object")
-    assert single.surface_logits.shape == (32, 32, 32)  # the cube itself
+    assert single.surface_logits.shape == predict.finer_surface_grid(single.logits, affine)[0]  # not the cube
+    box = predict.surface_box(single.logits)
+    from scipy.special import expit
+
+    np.testing.assert_allclose(expit(single.surface_logits[1::3, 1::3, 1::3]), expit(single.logits[box]), atol=1e-5)
+
+
+def anisotropic_oblique_case(root):
+    """A phantom case stored LPS, oblique, at 0.75 x 0.75 x 3 mm (in-plane voxels repeated 4 x)."""
+    write_phantom_dataset(root, 1, seed=8, axcodes="LPS", oblique_deg=20)
+    out = {}
+    for kind, dtype in (("image", np.int16), ("label", np.uint8)):
+        img = nib.load(root / "s0001" / f"s0001-{kind}.nii.gz")
+        data = np.repeat(np.repeat(np.asarray(img.dataobj), 4, 0), 4, 1)
+        fine = img.affine @ np.diag([0.25, 0.25, 1.0, 1.0])
+        fine[:3, 3] = img.affine[:3, :3] @ np.array([-0.375, -0.375, 0.0]) + img.affine[:3, 3]
+        save_volume(root / f"{kind}.nii.gz", data, fine, dtype=dtype)
+        out[kind] = root / f"{kind}.nii.gz"
+    return out
+
+
+@pytest.mark.parametrize("offset_mm", [0.0, 90.0])
+def test_the_mesh_is_the_surface_of_the_map_the_nifti_holds(tmp_path, monkeypatch, offset_mm):
+    """predict --mesh on an oblique LPS 0.75 x 0.75 x 3 mm scan, the model's shape an ellipsoid in its
+    cube, placed on the structure (0 mm) or partly beyond the scan's field of view (90 mm): the mesh is
+    the p = 0.5 surface of the same map as the NIfTI: watertight, inside the field of view, its
+    bounds and volume the NIfTI's within a voxel."""
+    import torch
+
+    import sam3d_med.eval.predict as predict
+    from sam3d_med.data.object_frame import place_cubes_on_grid
+    from sam3d_med.data.surfaces import voxel_volume_mm3
+    from sam3d_med.model.placement import GridReconstruction
+    from sam3d_med.model.pose import Pose
+
+    files = anisotropic_oblique_case(tmp_path)
+    label_img = nib.load(files["label"])
+    label = np.asarray(label_img.dataobj)
+    index = int(np.argmax((label == 2).sum(axis=(0, 1))))
+    centre = torch.tensor(world_centroid_mm(label == 2, label_img.affine) + np.array([offset_mm, 0, 0]),
+                          dtype=torch.float32)
+    n = 32
+    cells = (torch.stack(torch.meshgrid(*[torch.arange(n)] * 3, indexing="ij")).float() + 0.5) / n - 0.5
+    radii = torch.tensor([0.4, 0.3, 0.35]).view(3, 1, 1, 1)
+    cube = torch.where(((cells / radii) ** 2).sum(0) <= 1, 6.0, -6.0)[None, None]
+    pose = Pose(torch.eye(3)[None], centre[None], torch.full((1, 3), 70.0))
+
+    def placed(model, inputs, frame, points, **kwargs):
+        logits = place_cubes_on_grid(cube, pose.rotation, pose.translation, pose.scale, points)
+        return GridReconstruction(logits, cube, pose)
+
+    monkeypatch.setattr(predict, "reconstruct_on_grid", placed)
+    written = predict.predict_volume(None, files["image"], 2, index, tmp_path / "pred.nii.gz", label_path=files["label"],
+                                     class_id=2, mesh_path=tmp_path / "pred.obj", pose_fit=False)
+    nifti = nib.load(tmp_path / "pred.nii.gz")
+    mask = np.asarray(nifti.dataobj) > 0
+    assert written["mesh"] == str(tmp_path / "pred.obj") and mask.any()
+    mesh = trimesh.load(tmp_path / "pred.obj")
+    assert mesh.is_watertight
+    # inside the scan's field of view: every vertex within the grid's outer voxel faces
+    index_of = (np.linalg.inv(nifti.affine) @ np.c_[mesh.vertices, np.ones(len(mesh.vertices))].T)[:3].T
+    assert (index_of > -0.5 - 1e-3).all() and (index_of < np.array(mask.shape) - 0.5 + 1e-3).all()
+    # bounds: the NIfTI's voxels (their corners in world mm) within one model voxel (3 mm)
+    corners = np.array([[a, b, c] for a in (-0.5, 0.5) for b in (-0.5, 0.5) for c in (-0.5, 0.5)])
+    where = (np.argwhere(mask)[:, None, :] + corners[None]).reshape(-1, 3)
+    world = voxel_to_world(where, nifti.affine)
+    assert np.abs(mesh.bounds - np.array([world.min(0), world.max(0)])).max() <= 3.0
+    # volume: within half a model voxel (1.5 mm) times the surface's area
+    volume = voxel_volume_mm3(mask, nifti.affine)
+    assert abs(mesh.volume - volume) <= 1.5 * mesh.area, (mesh.volume, volume)
+
+
+@pytest.mark.e2e
+def test_predict_keeps_both_header_forms_and_takes_labels_in_any_voxel_order(trained, tmp_path):
+    """A scan and label whose sform (code 2) and qform (code 1) are 15 mm apart in x: a warning naming both,
+    and the prediction where the label is in every reader (nibabel: sform, ITK: qform). The label stored
+    in the other voxel order (LPS for an LAS scan) with a header keeping every voxel in place: the same
+    prediction; a header that moves it: refused with what differs."""
+    from tests.io.test_nifti import itk_like_affine
+
+    write_phantom_dataset(tmp_path / "raw", 1, seed=3)
+    image_img = nib.load(tmp_path / "raw" / "s0001" / "s0001-image.nii.gz")
+    label = np.asarray(nib.load(tmp_path / "raw" / "s0001" / "s0001-label.nii.gz").dataobj)
+    for name, data in (("image", np.asarray(image_img.dataobj)), ("label", label)):
+        img = nib.Nifti1Image(data, image_img.affine)
+        qform = image_img.affine.copy()
+        qform[0, 3] += 15.0
+        img.set_sform(image_img.affine, code=2)
+        img.set_qform(qform, code=1)
+        nib.save(img, tmp_path / f"{name}.nii.gz")
+    index = int(np.argmax((label == 2).sum(axis=(0, 1))))
+    base = [sys.executable, "-m", "sam3d_med.cli", "predict", "--checkpoint", str(trained / "ckpt" / "best.pt"),
+            "--image", str(tmp_path / "image.nii.gz"), "--axis", "2", "--slice_idx", str(index), "--class", "2",
+            "--steps", "2", "--device", "cpu"]
+    done = subprocess.run(base + ["--label", str(tmp_path / "label.nii.gz"), "--out", str(tmp_path / "pred.nii.gz")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("sform (code 2) and qform (code 1) disagree, by up to 15.0 mm") == 2  # image, label
+    pred = nib.load(tmp_path / "pred.nii.gz")
+    assert (int(pred.header["sform_code"]), int(pred.header["qform_code"])) == (2, 1)
+    for reader in (lambda path: nib.load(path).affine, itk_like_affine):  # label and prediction 0 mm apart
+        np.testing.assert_allclose(reader(tmp_path / "pred.nii.gz"), reader(tmp_path / "label.nii.gz"), atol=1e-4)
+    # the label stored front to back (the other order along j), every voxel kept in place by its header
+    affine = image_img.affine
+    reordered = affine.copy()
+    reordered[:3, 3] += affine[:3, 1] * (label.shape[1] - 1)
+    reordered[:3, 1] *= -1
+    nib.save(nib.Nifti1Image(label[:, ::-1, :].copy(), reordered), tmp_path / "label_lps.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(image_img.dataobj), affine), tmp_path / "plain.nii.gz")
+    plain = [*base[:7], str(tmp_path / "plain.nii.gz"), *base[8:]]
+    runs = {}
+    for name in ("label", "label_lps"):
+        source = tmp_path / ("raw/s0001/s0001-label.nii.gz" if name == "label" else "label_lps.nii.gz")
+        runs[name] = subprocess.run(plain + ["--label", str(source), "--out", str(tmp_path / f"{name}_pred.nii.gz")],
+                                    capture_output=True, text=True, timeout=300)
+        assert runs[name].returncode == 0, runs[name].stderr
+    assert "reordered onto the image's grid" in runs["label_lps"].stderr
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "label_pred.nii.gz").dataobj),
+                          np.asarray(nib.load(tmp_path / "label_lps_pred.nii.gz").dataobj))
+    mirrored = affine.copy()
+    mirrored[:3, 1] *= -1  # LPS with the image's origin: the label mirrored front to back in the world
+    nib.save(nib.Nifti1Image(label, mirrored), tmp_path / "label_mirrored.nii.gz")
+    refused = subprocess.run(plain + ["--label", str(tmp_path / "label_mirrored.nii.gz"), "--out",
+                                      str(tmp_path / "x.nii.gz")], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "axes LPS vs LAS" in refused.stderr and "centre shifted by [0.0, -189.0, 0.0] mm along R, A, S" in refused.stderr

@@ -98,3 +98,75 @@ def test_class_name_file_format_errors_show_the_format(tmp_path):
     path.write_text(json.dumps({"class_names": {"0": "background", "1": "a"}}))
     with pytest.raises(InputError, match="label values start at 1"):
         read_class_names(tmp_path)
+
+
+def two_form_image(path, data, shift_x_mm=15.0):
+    """A NIfTI whose sform (code 2, aligned) and qform (code 1, scanner) disagree by ``shift_x_mm`` in x."""
+    sform = orientation_affine("LAS", 3.0, data.shape, (0.0, 0.0, 0.0))
+    qform = sform.copy()
+    qform[0, 3] += shift_x_mm
+    img = nib.Nifti1Image(data, sform)
+    img.set_sform(sform, code=2)
+    img.set_qform(qform, code=1)
+    nib.save(img, path)
+    return sform, qform
+
+
+def itk_like_affine(path):
+    """The transform a qform-first reader uses (ITK, the reader of 3D Slicer and ITK-SNAP, where both
+    forms are set and the qform is valid)."""
+    qform, code = nib.load(path).get_qform(coded=True)
+    return qform if code else nib.load(path).affine
+
+
+def test_two_header_forms_are_named_and_kept_on_outputs(tmp_path):
+    """sform and qform 15 mm apart: one warning naming both and the one used; an output on the input's
+    grid carries both forms and codes, so nibabel (sform) and ITK (qform) readers each put input and
+    output at the same place: 0 mm apart."""
+    from sam3d_med.io.nifti import GeometryWarning
+
+    data = np.zeros((6, 6, 6), np.int16)
+    sform, qform = two_form_image(tmp_path / "scan.nii.gz", data)
+    with pytest.warns(GeometryWarning, match=r"sform \(code 2\) and qform \(code 1\) disagree, by up to 15.0 mm: "
+                                             r"sam3d-med uses the sform .*ITK-based viewers .* may use the qform"):
+        scan = load_volume(tmp_path / "scan.nii.gz", canonical=False)
+    np.testing.assert_allclose(scan.affine, sform)
+    save_volume(tmp_path / "out.nii.gz", np.ones((6, 6, 6), np.uint8), scan.affine, like=scan)
+    out = nib.load(tmp_path / "out.nii.gz")
+    assert int(out.header["sform_code"]) == 2 and int(out.header["qform_code"]) == 1
+    np.testing.assert_allclose(out.affine, nib.load(tmp_path / "scan.nii.gz").affine)  # nibabel: the sform
+    np.testing.assert_allclose(itk_like_affine(tmp_path / "out.nii.gz"), itk_like_affine(tmp_path / "scan.nii.gz"),
+                               atol=1e-4)  # ITK: the qform
+    # without an input to follow, both forms are the affine (code 1)
+    save_volume(tmp_path / "new.nii.gz", np.ones((6, 6, 6), np.uint8), scan.affine)
+    np.testing.assert_allclose(itk_like_affine(tmp_path / "new.nii.gz"), sform, atol=1e-4)
+
+
+def test_one_rule_for_a_label_on_its_image_grid(tmp_path):
+    """Accepted: the label's voxels coincide with the image's in the world, in any stored order (reordered,
+    with a warning). Refused with what differs in mm and axes: a header that puts them elsewhere."""
+    from sam3d_med.io.nifti import GeometryWarning, Volume, label_on_image_grid
+
+    shape = (5, 6, 7)
+    affine = orientation_affine("LAS", 3.0, shape, (10.0, -40.0, 300.0))
+    image = Volume(np.zeros(shape, np.int16), affine)
+    label = np.arange(np.prod(shape), dtype=np.int32).reshape(shape)
+    assert label_on_image_grid(Volume(label, affine), image, "same.nii.gz").data is label
+    # the same label stored in the other order along j (LPS), its header keeping every voxel in place
+    reordered = affine.copy()
+    reordered[:3, 3] += affine[:3, 1] * (shape[1] - 1)
+    reordered[:3, 1] *= -1
+    with pytest.warns(GeometryWarning, match="stored in voxel order LPS, the image in LAS: reordered"):
+        back = label_on_image_grid(Volume(label[:, ::-1, :], reordered), image, "lps.nii.gz")
+    np.testing.assert_array_equal(back.data, label)
+    # permuted axes too (stored k, i, j)
+    permuted = affine[:, [2, 0, 1, 3]]
+    with pytest.warns(GeometryWarning, match="reordered onto the image's grid"):
+        np.testing.assert_array_equal(label_on_image_grid(Volume(np.transpose(label, (2, 0, 1)), permuted), image,
+                                                          "kij.nii.gz").data, label)
+    # a header that mirrors the label front to back in the world (LPS with the image's origin): refused
+    mirrored = affine.copy()
+    mirrored[:3, 1] *= -1
+    with pytest.raises(InputError, match=r"mirror.nii.gz: label grid does not match the image grid \(axes LPS vs LAS; "
+                                         r"voxel centres span .* \(centre shifted by \[0.0, -15.0, 0.0\] mm along R, A, S\)"):
+        label_on_image_grid(Volume(label, mirrored), image, "mirror.nii.gz")

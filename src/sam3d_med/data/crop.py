@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from .label_sources import PUBLISHED_VALUES, named_label_map
-from ..io.nifti import Volume, grid_mismatch
+from ..io.nifti import Volume, label_on_image_grid
 from .geometry import voxel_to_world
 
 AIR_HU = -1024.0
@@ -57,9 +57,7 @@ def parse_label_map(text: str | None, available: list[int]) -> dict[int, int]:
 def crop_around_labels(image: Volume, label: Volume, label_map: dict[int, int], size: int = 64,
                        spacing_mm: float = 3.0) -> Crop:
     """The ``size``^3 crop at ``spacing_mm`` around the labels in ``label_map`` (module doc)."""
-    mismatch = grid_mismatch(label, image)
-    if mismatch:
-        raise InputError(mismatch)
+    label = label_on_image_grid(label, image, "the label")
     if label.data.min() < 0 or not np.all(np.mod(label.data, 1) == 0):
         raise InputError("label values must be whole numbers >= 0")
     chosen = np.isin(label.data, list(label_map))

@@ -28,6 +28,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from ..io.npz import npy_bytes, npz_bytes
-from ..io.nifti import grid_mismatch, load_volume, voxel_spacing_mm
+from ..io.nifti import GeometryWarning, as_canonical, label_on_image_grid, load_volume, voxel_spacing_mm
 from .classes import DEFAULT_CLASS_NAMES, find_class_names
 from .geometry import resample_isotropic, take_slice, world_grid
 from .surfaces import mask_surface_mesh, mesh_obj_text, signed_distance_mm
@@ -118,11 +119,11 @@ def _load_case(case_dir: Path, options: PreprocessOptions):
         raise InputError(f"{case_dir}: image file {case_dir.name}-image.nii.gz is missing")
     if label_path is None:
         raise InputError(f"{case_dir}: label file {case_dir.name}-label.nii.gz is missing")
-    image = load_volume(image_path, "image")
-    label = load_volume(label_path, "label")
-    mismatch = grid_mismatch(label, image)
-    if mismatch:
-        raise InputError(f"{label_path}: {mismatch}")
+    # the label onto the image's grid by the one rule of every command (io.nifti.label_on_image_grid), in
+    # the files' own voxel order, then both to the same canonical order
+    native = load_volume(image_path, "image", canonical=False)
+    label = as_canonical(label_on_image_grid(load_volume(label_path, "label", canonical=False), native, label_path))
+    image = as_canonical(native)
     values = np.unique(label.data)
     if not np.all(values == np.round(values)):
         raise InputError(f"{label_path}: label values must be integers")
@@ -209,7 +210,9 @@ def process_case(case_dir: str | Path, out_dir: str | Path, options: PreprocessO
     """Preprocess one case into ``out_dir``; returns its manifest record. Raises InputError."""
     case_dir, out_dir = Path(case_dir), Path(out_dir)
     case_id = case_dir.name
-    image_hu, label, affine, image_path, label_path = _load_case(case_dir, options)
+    with warnings.catch_warnings(record=True) as caught:  # geometry warnings go with the case's record
+        warnings.simplefilter("always", GeometryWarning)
+        image_hu, label, affine, image_path, label_path = _load_case(case_dir, options)
     shape = label.shape
     spacing = voxel_spacing_mm(affine)
     classes = range(1, options.classes + 1)
@@ -234,9 +237,12 @@ def process_case(case_dir: str | Path, out_dir: str | Path, options: PreprocessO
         "slices": [],
         "options": options.fingerprint(),
     }
+    record["warnings"] = [str(w.message) for w in caught if issubclass(w.category, GeometryWarning)]
     intensity_warning = hounsfield_check(image_hu)
     if intensity_warning:
-        record["warnings"] = [f"{image_path}: {intensity_warning}"]
+        record["warnings"].append(f"{image_path}: {intensity_warning}")
+    if not record["warnings"]:
+        del record["warnings"]
     written: list[Path] = []
     writer = ThreadPoolExecutor(max_workers=1)
     try:

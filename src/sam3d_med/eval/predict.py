@@ -43,8 +43,8 @@ from ..data.volume_window import VolumeWindow, window_around, window_around_plan
 from ..data.surfaces import mask_surface_mesh, mesh_obj_text, voxel_volume_mm3
 from ..errors import InputError
 from ..io.atomic import atomic_path, atomic_write_text
-from ..io.nifti import Volume, grid_mismatch, load_volume, save_volume, voxel_spacing_mm
-from ..model.placement import grid_points_mm, impose_input_slice, mean_of_draws_at, reconstruct_on_grid
+from ..io.nifti import Volume, label_on_image_grid, load_volume, save_volume, voxel_spacing_mm
+from ..model.placement import SLICE_LOGIT, grid_points_mm, impose_input_slice, mean_of_draws_at, reconstruct_on_grid
 from ..viz.slices import from_display
 
 
@@ -177,11 +177,12 @@ def volume_frame_view(view: CanonicalSlice, masks_canonical: list[np.ndarray], s
 
 @dataclass
 class Reconstruction:
-    """One reconstruction on a grid, and where its surface is best extracted."""
+    """One reconstruction on a grid, and the same probability map on a finer grid for its surface."""
 
-    logits: np.ndarray  # [i, j, k] on the grid it was asked for
-    surface_logits: np.ndarray  # object frame: the cube's logits [a, b, c] (several draws: their mean on a finer
-    # grid, ``finer_surface_grid``); volume frame: ``logits``
+    logits: np.ndarray  # [i, j, k] on the grid it was asked for (the input plane set to the mask when given)
+    surface_logits: np.ndarray  # the same map on ``finer_surface_grid`` around the structure: equal to ``logits``
+    # at every grid voxel centre, the model's own finer values between them, the input plane's constraint and the
+    # grid's field of view kept; nothing predicted: ``logits`` itself
     surface_affine: np.ndarray  # (4, 4): index of ``surface_logits`` -> world mm
 
 
@@ -198,16 +199,21 @@ SURFACE_SUPERSAMPLING = 3  # the mean of several draws is meshed on a grid this 
 SURFACE_MARGIN_VOXELS = 2  # that grid covers the predicted structure's box on the scan grid grown by this
 
 
+def surface_box(logits_ijk: np.ndarray) -> tuple[slice, ...] | None:
+    """The box of ``logits_ijk`` > 0 grown by ``SURFACE_MARGIN_VOXELS`` (within the grid), None if empty."""
+    inside = np.asarray(logits_ijk) > 0
+    return bounding_box(inside, margin=SURFACE_MARGIN_VOXELS) if inside.any() else None
+
+
 def finer_surface_grid(logits_ijk: np.ndarray, affine: np.ndarray, factor: int = SURFACE_SUPERSAMPLING):
     """The grid on which the mean of several object-frame draws is meshed: the box of ``logits_ijk``
     > 0 on the scan grid (``affine``: index -> world mm), grown by ``SURFACE_MARGIN_VOXELS``, with
     ``factor`` x finer voxels in the same orientation; each scan voxel centre i is the fine voxel
     centre factor * (i - lo) + (factor - 1) / 2 (odd ``factor``). Returns (shape, affine) or None
     (nothing predicted)."""
-    inside = np.asarray(logits_ijk) > 0
-    if not inside.any():
+    box = surface_box(logits_ijk)
+    if box is None:
         return None
-    box = bounding_box(inside, margin=SURFACE_MARGIN_VOXELS)
     lo = np.array([b.start for b in box], dtype=np.float64)
     to_scan_index = np.eye(4)  # fine index f -> scan index lo - 1/2 + (f + 1/2) / factor
     to_scan_index[:3, :3] /= factor
@@ -241,22 +247,44 @@ def reconstruct_logits(model, inputs: list[dict], shape_ijk, affine: np.ndarray,
                 logits = impose_input_slice(logits, *planes)
         logits = logits.float().cpu().numpy()
         for b in range(logits.shape[0]):
-            fine_grid = finer_surface_grid(logits[b], affine) if result.draws else None
-            if frame == "object" and result.cube_logits is not None:
-                pose = result.pose_world
-                cube = result.cube_logits[b, 0].float().cpu().numpy()
-                out.append(Reconstruction(logits[b], cube, cube_affine(pose.rotation[b].cpu().numpy(),
-                                                                       pose.translation[b].cpu().numpy(),
-                                                                       pose.scale[b].cpu().numpy(), cube.shape[0])))
-            elif fine_grid is not None:
-                # the mean of several draws has no one cube: its surface on a grid finer than the scan's,
-                # from the draws' cubes and poses (sub-voxel, as a single draw's cube mesh)
-                fine_shape, fine_affine = fine_grid
-                fine = mean_of_draws_at(result.draws, b, grid_points_mm(fine_shape, fine_affine, device))
-                out.append(Reconstruction(logits[b], fine.cpu().numpy(), fine_affine))
-            else:  # the volume frame, or nothing predicted: the surface on the grid
-                out.append(Reconstruction(logits[b], logits[b], np.asarray(affine, dtype=np.float64)))
+            plane = None if planes is None else (planes[0][b], planes[1][b], planes[2][b].numpy() > 0.5)
+            out.append(Reconstruction(logits[b], *surface_map(result, b, logits[b], affine, plane, device)))
     return out
+
+
+def surface_map(result, sample: int, grid_logits: np.ndarray, affine: np.ndarray, plane=None, device: str = "cpu"):
+    """(logits, affine) of ``grid_logits``' probability map on ``finer_surface_grid``: where the model has
+    finer values (object frame: its cube(s) placed by their poses, ``mean_of_draws_at``) those, else the
+    grid's own map interpolated (volume frame); then what the grid map was given: the input plane's
+    cells (those nearest a voxel of that plane) set to the mask as ``impose_input_slice`` set the
+    grid. Every grid voxel centre is a fine cell centre with the grid's value, so the p = 0.5 surface
+    is the NIfTI's, with sub-voxel detail, inside the grid's field of view. Nothing predicted on the
+    grid: the grid itself (no surface)."""
+    fine_grid = finer_surface_grid(grid_logits, affine)
+    if fine_grid is None:
+        return grid_logits, np.asarray(affine, dtype=np.float64)
+    shape, fine_affine = fine_grid
+    factor = SURFACE_SUPERSAMPLING
+    lo = [b.start for b in surface_box(grid_logits)]  # fine cell f lies in grid voxel lo + f // factor
+    draws = result.draws or ([result] if result.cube_logits is not None else None)
+    if draws:
+        fine = mean_of_draws_at(draws, sample, grid_points_mm(shape, fine_affine, device)).float().cpu().numpy()
+    else:  # the grid's map between its voxel centres: trilinear, as the NIfTI on another grid samples it
+        coords = np.meshgrid(*[lo[a] - 0.5 + (np.arange(n) + 0.5) / factor for a, n in enumerate(shape)], indexing="ij")
+        probability = ndimage.map_coordinates(special.expit(grid_logits.astype(np.float64)), coords, order=1,
+                                              mode="nearest")
+        fine = special.logit(np.clip(probability, 1e-6, 1 - 1e-6)).astype(np.float32)
+    if plane is not None:
+        axis, index, mask = plane
+        offset = index - lo[axis]
+        if 0 <= offset * factor < shape[axis]:
+            others = [a for a in range(3) if a != axis]
+            rows = lo[others[0]] + np.arange(shape[others[0]]) // factor
+            cols = lo[others[1]] + np.arange(shape[others[1]]) // factor
+            values = np.where(np.asarray(mask)[np.ix_(rows, cols)], SLICE_LOGIT, -SLICE_LOGIT).astype(fine.dtype)
+            layers = slice(offset * factor, (offset + 1) * factor)
+            np.moveaxis(fine, axis, 0)[layers] = values[None]
+    return fine, fine_affine
 
 
 def surface_of_logits(logits_ijk: np.ndarray, affine: np.ndarray):
@@ -319,17 +347,23 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
 
     prob = back_to_input_grid(prob_canonical, view.image.affine, image.data.shape, image.affine)
     predicted = prob >= 0.5
-    save_volume(out_path, predicted.astype(np.uint8), image.affine, dtype=np.uint8)
+    # the input's own sform and qform (io.nifti: every viewer puts the output where it puts the input)
+    save_volume(out_path, predicted.astype(np.uint8), image.affine, dtype=np.uint8, like=image)
     written = {"mask": str(out_path)}
     if probability_path:
-        save_volume(probability_path, prob.astype(np.float32), image.affine, dtype=np.float32)
+        save_volume(probability_path, prob.astype(np.float32), image.affine, dtype=np.float32, like=image)
         written["probability"] = str(probability_path)
     # An empty prediction is a result, not an error: the NIfTI outputs are written either way, no mesh
-    # (there is no surface), the caller warns, and the status is success.
-    mesh = surface_of_logits(reconstruction.surface_logits, reconstruction.surface_affine) if mesh_path else None
+    # (there is no surface; a mesh left by an earlier run at that path is removed, so that nothing on
+    # disk describes another prediction), the caller warns, and the status is success. The mesh is the
+    # p = 0.5 surface of the map the NIfTI holds (``surface_map``).
+    mesh = surface_of_logits(reconstruction.surface_logits, reconstruction.surface_affine) \
+        if mesh_path and predicted.any() else None
     if mesh is not None:
         write_mesh(mesh, mesh_path)
         written["mesh"] = str(mesh_path)
+    elif mesh_path:
+        Path(mesh_path).unlink(missing_ok=True)
     if not predicted.any():
         written["warning"] = ("the prediction is empty (no voxel reaches p = 0.5)"
                               + ("; no mesh written" if mesh_path else ""))
@@ -339,9 +373,6 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
 
 
 def load_matching_label(label_path: str | Path, image: Volume) -> Volume:
-    """A label volume that must lie on the image's stored grid (same shape and affine)."""
-    label = load_volume(label_path, "label", canonical=False)
-    mismatch = grid_mismatch(label, image)
-    if mismatch:
-        raise InputError(f"{label_path}: {mismatch}")
-    return label
+    """A label volume on the image's stored grid: its voxels must coincide with the image's in the world, in
+    any voxel order (``io.nifti.label_on_image_grid``, the rule of every command)."""
+    return label_on_image_grid(load_volume(label_path, "label", canonical=False), image, label_path)

@@ -120,10 +120,12 @@ def reconstruct_from_png(model, image_png: str | Path, mask_png: str | Path, out
     files = summary["files"]
     save_volume(out_dir / "reconstruction.nii.gz", predicted.astype(np.uint8), affine, dtype=np.uint8)
     files["volume"] = str(out_dir / "reconstruction.nii.gz")
-    mesh = surface_of_logits(reconstruction.surface_logits, reconstruction.surface_affine)
-    if mesh is not None:
+    mesh = surface_of_logits(reconstruction.surface_logits, reconstruction.surface_affine) if predicted.any() else None
+    if mesh is not None:  # the p = 0.5 surface of the map the NIfTI holds (eval.predict.surface_map)
         write_mesh(mesh, out_dir / "reconstruction.obj")
         files["mesh"] = str(out_dir / "reconstruction.obj")
+    else:  # nothing predicted: no surface, and none from an earlier run left to describe another prediction
+        (out_dir / "reconstruction.obj").unlink(missing_ok=True)
     label = 1
     colour = class_colour(label)
 
