@@ -10,7 +10,7 @@ usage() {
 Usage: ./scripts/run_medical_pipeline.sh [options] [key=value ...]
 
 Options (each becomes a Hydra override of configs/train.yaml):
-  --gpu N                      train on GPU N (CUDA_VISIBLE_DEVICES=N; device=auto says what it picked)
+  --gpu N                      train on GPU N (device=cuda:N); a GPU that is not there is one line naming those there are
   --batch_size N               training.batch_size
   --epochs N                   training.epochs
   --preprocess_crop_size H,W   data.preprocess_crop_size (square, e.g. 256,256)
@@ -31,7 +31,7 @@ need_value() { [ $# -ge 2 ] || { echo "error: $1 needs a value (see --help)" >&2
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
-        --gpu) need_value "$@"; export CUDA_VISIBLE_DEVICES="$2"; overrides+=("device=auto"); shift 2 ;;
+        --gpu) need_value "$@"; overrides+=("device=cuda:$2"); shift 2 ;;
         --batch_size) need_value "$@"; overrides+=("training.batch_size=$2"); shift 2 ;;
         --epochs) need_value "$@"; overrides+=("training.epochs=$2"); shift 2 ;;
         --preprocess_crop_size) need_value "$@"; overrides+=("data.preprocess_crop_size=[$2]"); shift 2 ;;

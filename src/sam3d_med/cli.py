@@ -36,7 +36,7 @@ def cmd_phantom(args) -> int:
 
 
 def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
-    from .data.preprocess import default_workers
+    from .runtime import default_workers  # not data.preprocess: every command builds this parser
 
     p.add_argument("--original_nifti_dir", "--input", dest="input_dir", required=True,
                    help="folder of case folders sNNNN/ with sNNNN-image.nii.gz and sNNNN-label.nii.gz")
@@ -94,6 +94,15 @@ def add_download_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_download(args) -> int:
+    import re
+
+    from . import preflight
+
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", args.repo):
+        raise Sam3dMedError(f"--repo {args.repo}: a Hugging Face repository is owner/name, e.g. facebook/sam-3d-objects")
+    if args.endpoint and not re.match(r"https?://", args.endpoint):
+        raise Sam3dMedError(f"--endpoint {args.endpoint}: give the Hub's address, e.g. https://huggingface.co")
+    preflight.output_folder(args.out_dir, "--out")
     from .model.hub import download_checkpoints
 
     result = download_checkpoints(args.repo, args.out_dir, revision=args.revision, token=args.token,
@@ -209,6 +218,18 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args) -> int:
+    from . import preflight
+    from .data.manifest import load_manifest
+
+    check_inference_arguments(args)
+    preflight.at_least(args.batch_size, 1, "--batch_size", optional=False)
+    preflight.at_least(args.max_cases, 1, "--max_cases")
+    if args.policy not in ("max_area", "center"):
+        raise Sam3dMedError(f"--policy {args.policy}: must be max_area or center")
+    load_manifest(args.data_root)
+    if args.train_cache:
+        load_manifest(args.train_cache)
+    preflight.output_folder(args.output_dir, "--output_dir")
     from .eval.runner import EvalOptions, evaluate, summary_table
     from .train.trainer import resolve_device
 
@@ -245,6 +266,19 @@ def add_inference_arguments(p: argparse.ArgumentParser, checkpoint_flags=("--che
                    help="keep the model's own pose (default: fitted to the input slice's mask, object frame)")
 
 
+def check_inference_arguments(args) -> None:
+    """What every sampling command checks before torch loads: checkpoint file, device, sampler numbers."""
+    from . import preflight
+
+    preflight.training_checkpoint(args.checkpoint, "--checkpoint")
+    preflight.device_option(args.device)
+    preflight.positive(getattr(args, "spacing", None), "--spacing")
+    preflight.at_least(args.steps, 1, "--steps")
+    preflight.at_least(args.samples, 1, "--samples")
+    if args.guidance is not None and args.guidance < 0:
+        raise Sam3dMedError(f"--guidance must be 0 or more (got {args.guidance})")
+
+
 def load_for_inference(args) -> dict:
     """Model, sampler (the checkpoint's validation settings unless overridden), crop size, device."""
     from .train.trainer import load_model_from_checkpoint, resolve_device, sampler_settings
@@ -260,6 +294,23 @@ def load_for_inference(args) -> dict:
 
 
 def cmd_predict(args) -> int:
+    from . import preflight
+
+    check_inference_arguments(args)
+    shape = preflight.nifti_shape(args.image, "--image", "image")
+    preflight.slice_option(shape, args.axis, args.slice_idx)
+    if args.label is not None:
+        if args.class_id is None:
+            raise Sam3dMedError("--label needs --class (the label value to reconstruct)")
+        preflight.nifti_shape(args.label, "--label", "label")
+        preflight.label_class(args.label, args.class_id)
+    elif args.mask is not None:
+        preflight.existing_file(args.mask, "--mask", "mask PNG")
+    else:
+        raise Sam3dMedError("give the structure's mask: --mask slice-mask.png, or --label case-label.nii.gz --class N")
+    for flag, path in (("--out", args.out), ("--probabilities", args.probabilities), ("--mesh", args.mesh)):
+        if path:
+            preflight.output_path(path, flag)
     from .eval.predict import predict_volume
 
     written = predict_volume(
@@ -347,10 +398,18 @@ def _window(text: str) -> tuple[float, float]:
 
 
 def cmd_visualize_finetuned(args) -> int:
-    from .viz.finetuned import reconstruct_from_png
+    from . import preflight
 
+    check_inference_arguments(args)
+    preflight.existing_file(args.image, "--image", "image PNG")
     mask = _mask_file(args.mask_dir, args.mask_index)
     window = _window(args.png_window)
+    preflight.positive(args.pixel_spacing, "--pixel_spacing")
+    if args.axis not in (0, 1, 2):
+        raise Sam3dMedError(f"--axis {args.axis}: must be 0, 1 or 2")
+    preflight.output_folder(args.output_dir, "--output_dir")
+    from .viz.finetuned import reconstruct_from_png
+
     summary = reconstruct_from_png(image_png=args.image, mask_png=mask, out_dir=args.output_dir,
                                    pixel_spacing_mm=args.pixel_spacing, spacing_mm=args.spacing, axis=args.axis,
                                    png_window=window, **load_for_inference(args))
@@ -362,6 +421,27 @@ def cmd_visualize_finetuned(args) -> int:
 
 
 def cmd_visualize_comparison(args) -> int:
+    from . import preflight
+
+    check_inference_arguments(args)
+    shape = preflight.nifti_shape(args.volume, "--volume", "scan")
+    preflight.slice_option(shape, args.axis, args.slice_idx)
+    if args.label is None and args.mask is None:
+        # a case in the tutorial's layout holds its label beside the image: the ground truth to compare with
+        args.label = preflight.label_beside(args.volume)
+        if args.label is None:
+            raise Sam3dMedError("give the structures' masks: --label case-label.nii.gz (every structure on the slice), "
+                                "or --mask slice-mask.png --class N (one structure); no sNNNN-label.nii.gz lies beside "
+                                f"{args.volume}")
+        print(f"labels: {args.label} (beside the scan; --label or --mask to choose another)", file=sys.stderr)
+    if args.label is not None:
+        preflight.nifti_shape(args.label, "--label", "label")
+    else:
+        preflight.existing_file(args.mask, "--mask", "mask PNG")
+        if args.class_id is None:
+            raise Sam3dMedError("--mask needs --class (the label value of the structure)")
+    preflight.at_least(args.slices_per_axis, 1, "--slices_per_axis", optional=False)
+    preflight.output_path(args.output, "--output")
     from .viz.comparison import compare_on_volume
 
     inference = load_for_inference(args)
@@ -390,6 +470,16 @@ def _add_visualize(sub) -> None:
 
 
 def cmd_report(args) -> int:
+    from . import preflight
+
+    if not (Path(args.eval_dir) / "metrics.json").is_file():  # before plotly loads
+        raise Sam3dMedError(f"{args.eval_dir}: no metrics.json: not an evaluation folder (run scripts/eval_medical.py "
+                            f"first)")
+    if args.out:
+        preflight.output_path(args.out, "--out")
+    preflight.at_least(args.max_figures, 0, "--max_figures", optional=False)
+    preflight.at_least(args.max_3d_cases, 0, "--max_3d_cases", optional=False)
+    preflight.at_least(args.max_faces, 4, "--max_faces", optional=False)
     from .viz.report import write_report
 
     path = write_report(args.eval_dir, args.out, max_figures=args.max_figures, max_3d_cases=args.max_3d_cases,
@@ -409,6 +499,12 @@ def cmd_crop(args) -> int:
 
     if args.size < 8 or args.spacing <= 0:
         raise Sam3dMedError(f"--size {args.size} --spacing {args.spacing}: need at least 8 voxels of a positive size")
+    from . import preflight
+
+    preflight.nifti_shape(args.image, "--image", "image")
+    preflight.nifti_shape(args.label, "--label", "label")
+    parse_label_map(args.labels, [])  # a wrong --labels before the volumes are read
+    preflight.output_folder(args.out, "--out")
     image = load_volume(args.image, "image", canonical=False)
     label = label_on_image_grid(load_volume(args.label, "label", canonical=False), image, args.label)
     label_map = parse_label_map(args.labels, [int(v) for v in np.unique(label.data) if v > 0])
@@ -432,6 +528,12 @@ def cmd_crop(args) -> int:
 
 
 def cmd_export_slice(args) -> int:
+    from . import preflight
+
+    shape = preflight.nifti_shape(args.image, "--image", "image")
+    preflight.slice_option(shape, args.axis, args.slice_idx)
+    preflight.nifti_shape(args.label, "--label", "label")
+    preflight.output_folder(args.out, "--out")
     from .viz.finetuned import export_slice_png
 
     names, source = _class_names(args.class_names, args.label)
@@ -547,18 +649,16 @@ def show_warnings_as_lines() -> None:
     image) as one ``warning:`` line on stderr each, once; other libraries' warnings as Python shows them."""
     import warnings
 
-    from .io.nifti import GeometryWarning
-
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, GeometryWarning):
+        # by name: io.nifti (nibabel) is not imported by commands that read no NIfTI
+        if category.__name__ == "GeometryWarning" and category.__module__ == "sam3d_med.io.nifti":
             print(f"warning: {message}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
 
     warnings.showwarning = show
-    warnings.simplefilter("default", GeometryWarning)
 
 
 def main(argv: list[str] | None = None) -> int:

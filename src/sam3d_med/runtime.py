@@ -37,3 +37,8 @@ def keep_freed_memory_for_reuse() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _done = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
     return _done
+
+
+def default_workers() -> int:
+    """Worker processes for CPU-bound data work (preprocessing): the cores, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))

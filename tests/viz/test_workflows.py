@@ -73,7 +73,14 @@ def test_visualize_comparison_tutorial_command(trained, scan, tmp_path):
                "--steps", 2, "--device", "cpu")
     assert done.returncode in (0, 1), done.stderr[-2000:]
     assert_png_not_blank(tmp_path / "nolabel.png", min_size=(1200, 300))
+    # neither --label nor --mask: the case's own label beside the scan (the tutorial's layout), said so;
+    # a scan without one is one line saying what to give
     done = run(REPO / "scripts" / "visualize_comparison.py", "--checkpoint", trained / "ckpt" / "best.pt", "--volume", image,
+               "--slice_idx", 32, "--output", tmp_path / "beside.png", "--steps", 2, "--device", "cpu")
+    assert done.returncode == 0 and f"labels: {label} (beside the scan" in done.stderr, done.stderr[-2000:]
+    alone = tmp_path / "alone.nii.gz"
+    alone.write_bytes(Path(image).read_bytes())
+    done = run(REPO / "scripts" / "visualize_comparison.py", "--checkpoint", trained / "ckpt" / "best.pt", "--volume", alone,
                "--slice_idx", 32, "--output", tmp_path / "x.png", "--device", "cpu")
     assert_one_line_error(done, "give the structures' masks")
     done = run(REPO / "scripts" / "visualize_comparison.py", "--checkpoint", trained / "ckpt" / "best.pt", "--volume", image,

@@ -41,10 +41,10 @@ from ..io.npz import npy_bytes, npz_bytes
 from ..io.nifti import GeometryWarning, as_canonical, label_on_image_grid, load_volume, voxel_spacing_mm
 from .classes import DEFAULT_CLASS_NAMES, find_class_names
 from .geometry import resample_isotropic, take_slice, world_grid
+from ..runtime import default_workers  # noqa: F401 (imported from here by callers)
+from .manifest import MANIFEST_NAME, PREPROCESS_VERSION, load_manifest  # noqa: F401 (the cache's contract)
 from .surfaces import mask_surface_mesh, mesh_obj_text, signed_distance_mm
 
-PREPROCESS_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 RECORDS_DIR = "case_records"
 MESHES_DIR = "meshes"
 # (level, width) in HU for the image's three channels: soft tissue, contrast blood pool, wide.
@@ -441,36 +441,11 @@ def resolve_class_names(input_dir: Path, classes: int, names_arg: str | None) ->
     return names, source
 
 
-def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
-
-
 def parse_axes(text: str) -> tuple[int, ...]:
     axes = tuple(sorted({int(a) for a in re.split(r"[,\s]+", text.strip()) if a}))
     if not axes or any(a not in (0, 1, 2) for a in axes):
         raise InputError(f"--axes must list array axes among 0,1,2 (got {text!r})")
     return axes
-
-
-def load_manifest(cache_dir: str | Path) -> dict:
-    """The cache's manifest, checked: folder present, manifest present, same version, not empty."""
-    cache_dir = Path(cache_dir)
-    if not cache_dir.is_dir():
-        raise InputError(f"{cache_dir}: cache folder does not exist (run scripts/reprocess_ts_nifti.py first)")
-    path = cache_dir / MANIFEST_NAME
-    if not path.is_file():
-        raise InputError(f"{cache_dir}: no {MANIFEST_NAME}: not a preprocessed cache (run scripts/reprocess_ts_nifti.py)")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputError(f"{path}: unreadable manifest ({exc})") from None
-    version = manifest.get("preprocess_version")
-    if version != PREPROCESS_VERSION:
-        raise InputError(f"{cache_dir}: made by preprocessing version {version}, this sam3d-med reads version "
-                         f"{PREPROCESS_VERSION}: re-run scripts/reprocess_ts_nifti.py with --overwrite")
-    if not manifest.get("cases"):
-        raise InputError(f"{cache_dir}: the cache holds no cases")
-    return manifest
 
 
 def case_fingerprint(case: dict) -> str:

@@ -44,6 +44,7 @@ from ..data.surfaces import mask_surface_mesh, mesh_obj_text, voxel_volume_mm3
 from ..errors import InputError
 from ..io.atomic import atomic_path, atomic_write_text
 from ..io.nifti import Volume, label_on_image_grid, load_volume, save_volume, voxel_spacing_mm
+from ..preflight import absent_class_error
 from ..model.placement import SLICE_LOGIT, grid_points_mm, impose_input_slice, mean_of_draws_at, reconstruct_on_grid
 from ..viz.slices import from_display
 
@@ -316,11 +317,10 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
         if class_id is None:
             raise InputError("--label needs --class (the label value to reconstruct)")
         label = load_matching_label(label_path, image)
+        absent = absent_class_error(class_id, label_path, label.data)
+        if absent is not None:
+            raise absent
         present = label.data == class_id
-        if not present.any():
-            values = [int(v) for v in np.unique(label.data) if v != 0]
-            raise InputError(f"--class {class_id} does not occur in {label_path} (its label values: "
-                             f"{', '.join(map(str, values)) or 'none, only background'})")
         mask_plane = take_slice(present, axis, slice_idx)
         if not mask_plane.any():
             where = np.flatnonzero(present.any(axis=tuple(a for a in range(3) if a != axis)))

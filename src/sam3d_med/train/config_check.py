@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError, InputError
 
-CHOICES = {"device": ("auto", "cpu", "cuda"), "data.epoch": ("pairs", "slices"),
+CHOICES = {"data.epoch": ("pairs", "slices"),
            "data.target_frame": ("object", "volume"), "training.gradient_checkpointing": ("auto", True, False),
            "latent_targets.init": ("generator", "zero"), "latent_targets.source": ("auto", "encoder", "inversion"),
            "data.occupancy": ("solid", "surface")}
@@ -20,6 +20,9 @@ POSITIVE_NUMBERS = ("training.learning_rate",)
 
 def check_training_config(cfg: DictConfig) -> None:
     """Raise ConfigError/InputError (one line naming the key) for what is wrong before training starts."""
+    from ..preflight import device_option
+
+    device_option(str(OmegaConf.select(cfg, "device")), "device=")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and value not in allowed:
@@ -42,7 +45,7 @@ def check_training_config(cfg: DictConfig) -> None:
     resume = OmegaConf.select(cfg, "training.resume")
     if resume and not Path(resume).is_file():
         raise InputError(f"training.resume={resume}: no such checkpoint file")
-    from ..data.preprocess import load_manifest  # numpy and scipy only
+    from ..data.manifest import load_manifest  # json only
 
     load_manifest(OmegaConf.select(cfg, "data.slice_cache_dir"))
     if OmegaConf.select(cfg, "model.checkpoint_dir"):

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import time
 from dataclasses import asdict, replace
@@ -50,17 +51,27 @@ LOW_ROUND_TRIP_DICE = 0.8  # below this mean round trip for a class, the log war
 
 # ----------------------------------------------------------------------------- devices and ranks
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` (CUDA when there is a GPU, else the CPU, said in the log), ``cpu``, ``cuda`` (this
+    process's GPU: ``local_rank``) or ``cuda:N``; asking for a GPU that is not there is one line naming
+    the GPUs there are."""
     if name == "auto":
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
         log.info("device=auto picked %s%s", device, "" if device.type == "cuda" else " (no CUDA device visible)")
         return device
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device=cuda but no CUDA device is available (use device=auto or device=cpu)")
-        return torch.device(f"cuda:{local_rank}")
     if name == "cpu":
         return torch.device("cpu")
-    raise ConfigError(f"device must be auto, cpu or cuda (got {name!r})")
+    match = re.fullmatch(r"cuda(?::(\d+))?", str(name))
+    if not match:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N (got {name!r})")
+    index = int(match.group(1)) if match.group(1) is not None else local_rank
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= count:
+        there = ", ".join(f"{i} ({torch.cuda.get_device_name(i)})" for i in range(count)) or "none"
+        raise ConfigError(f"device={name}: there is no CUDA GPU {index}; GPUs visible here: {there}"
+                          + (f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']})"
+                             if "CUDA_VISIBLE_DEVICES" in os.environ else "")
+                          + ("" if count else "; use device=cpu or device=auto"))
+    return torch.device(f"cuda:{index}")
 
 
 class Ranks:
