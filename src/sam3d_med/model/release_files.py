@@ -113,6 +113,6 @@ def require_encoder(folder: str | Path) -> EncoderStatus:
     """The folder's encoder status when its weights are usable, else one line saying what to do."""
     status = encoder_status(folder)
     if not status.usable:
-        raise InputError(f"{folder}: {status.describe()}: there is no released encoder to measure; download "
+        raise InputError(f"{folder}: {status.describe()}: this folder holds no encoder weights to measure; download "
                          f"today's release (scripts/download_hf_checkpoints.py)")
     return status

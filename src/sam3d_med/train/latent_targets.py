@@ -2,8 +2,8 @@
 
 The flow learns to generate the SS VAE's latents x1 of the true occupancy O (in the object frame:
 the structure in its own cube, ``data.object_frame``; in the volume frame: the class's voxels on the
-case's grid; both from the cache's signed distances; ``data.occupancy``: the solid or its surface
-shell, ``data.occupancy``). ``latent_targets.source`` says where x1 comes from:
+case's grid; both from the cache's signed distances; the solid or its one-voxel surface shell, as
+``data.occupancy`` says). ``latent_targets.source`` says where x1 comes from:
 
 - ``encoder`` (``auto`` when the weights folder holds the released encoder, ``ss_encoder.ckpt``,
   released by Meta on 2026-06-01): x1 = the encoder's posterior **mean** of O (deterministic; the
