@@ -187,15 +187,6 @@ class Reconstruction:
     surface_affine: np.ndarray  # (4, 4): index of ``surface_logits`` -> world mm
 
 
-def cube_affine(rotation: np.ndarray, translation_mm: np.ndarray, scale_mm: np.ndarray, n: int) -> np.ndarray:
-    """(4, 4) from cell index [a, b, c] of an n^3 cube to world mm under the pose p = R (s * x) + t,
-    x = (index + 0.5) / n - 0.5."""
-    affine = np.eye(4)
-    affine[:3, :3] = np.asarray(rotation) @ np.diag(np.asarray(scale_mm) / n)
-    affine[:3, 3] = np.asarray(translation_mm) + np.asarray(rotation) @ (np.asarray(scale_mm) * (0.5 / n - 0.5))
-    return affine
-
-
 SURFACE_SUPERSAMPLING = 3  # the mean of several draws is meshed on a grid this much finer than the scan's
 SURFACE_MARGIN_VOXELS = 2  # that grid covers the predicted structure's box on the scan grid grown by this
 

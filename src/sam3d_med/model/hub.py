@@ -160,7 +160,7 @@ def _fetch(repo_id: str, filename: str, staging: Path, revision: str, token: str
             part.unlink()
             received = 0
         if received:
-            log(f"{filename}: continuing from {received:,d} of {size:,d} bytes received before")
+            log(f"{filename}: continuing from {received:,d} of {size or 0:,d} bytes received before")
         from filelock import FileLock, Timeout
 
         try:
