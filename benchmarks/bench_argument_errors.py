@@ -50,6 +50,9 @@ def cases(work: Path) -> list[tuple[str, list[str]]]:
         ("predict --class 9", [*cli, "predict", "--checkpoint", str(ckpt), "--image", str(image), "--axis", "2",
                                "--slice_idx", "32", "--label", str(label), "--class", "9", "--out",
                                str(work / "p.nii.gz")]),
+        ("predict, label on another grid", [*cli, "predict", "--checkpoint", str(ckpt), "--image", str(image), "--axis",
+                                            "2", "--slice_idx", "32", "--label", str(work / "mirrored.nii.gz"),
+                                            "--class", "2", "--out", str(work / "p.nii.gz")]),
         ("predict, damaged checkpoint", [*cli, "predict", "--checkpoint", str(work / "damaged.pt"), "--image", str(image),
                                          "--axis", "2", "--slice_idx", "32", "--label", str(label), "--class", "2",
                                          "--out", str(work / "p.nii.gz")]),
@@ -74,6 +77,7 @@ def main() -> None:
     import shutil
 
     import nibabel as nib
+    import numpy as np
 
     from sam3d_med.data.phantom import write_phantom_dataset
     from sam3d_med.data.preprocess import PreprocessOptions, run_preprocess
@@ -82,10 +86,13 @@ def main() -> None:
     write_phantom_dataset(work / "raw", 1, seed=0)
     run_preprocess(work / "raw", work / "cache", PreprocessOptions(axes=(2,)), progress=False, log=lambda m: None)
     shutil.copy(work / "raw" / "s0001" / "s0001-image.nii.gz", work / "plain.nii.gz")
-    nib.load(work / "plain.nii.gz")
     with zipfile.ZipFile(work / "best.pt", "w") as archive:  # passes the file check; never loaded
         archive.writestr("best/data.pkl", b"")
     (work / "damaged.pt").write_bytes(b"\x80\x02 not a whole archive")
+    label_img = nib.load(work / "raw" / "s0001" / "s0001-label.nii.gz")
+    mirrored = label_img.affine.copy()
+    mirrored[:3, 1] *= -1  # the label's header mirrors it front to back in the world
+    nib.save(nib.Nifti1Image(np.asarray(label_img.dataobj), mirrored), work / "mirrored.nii.gz")
     import os
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -303,6 +303,7 @@ def cmd_predict(args) -> int:
         if args.class_id is None:
             raise Sam3dMedError("--label needs --class (the label value to reconstruct)")
         preflight.nifti_shape(args.label, "--label", "label")
+        preflight.label_on_image_grid(args.image, args.label)
         preflight.label_class(args.label, args.class_id)
     elif args.mask is not None:
         preflight.existing_file(args.mask, "--mask", "mask PNG")
@@ -318,7 +319,9 @@ def cmd_predict(args) -> int:
         label_path=args.label, class_id=args.class_id, spacing_mm=args.spacing, probability_path=args.probabilities,
         mesh_path=args.mesh, **load_for_inference(args))
     print(f"prediction: {written['mask']} ({written['voxels']} voxels, {written['volume_ml']:.1f} ml, on the input's grid)"
-          + "".join(f"; {k}: {written[k]}" for k in ("probability", "mesh") if k in written))
+          + "".join(f"; {k}: {written[k]}" for k in ("probability", "mesh") if k in written)
+          + (f"; {written['removed']} removed (an earlier run's mesh: it described another prediction)"
+             if "removed" in written else ""))
     if "warning" in written:
         print(f"warning: {written['warning']}", file=sys.stderr)
     return 0
@@ -436,6 +439,7 @@ def cmd_visualize_comparison(args) -> int:
         print(f"labels: {args.label} (beside the scan; --label or --mask to choose another)", file=sys.stderr)
     if args.label is not None:
         preflight.nifti_shape(args.label, "--label", "label")
+        preflight.label_on_image_grid(args.volume, args.label)
     else:
         preflight.existing_file(args.mask, "--mask", "mask PNG")
         if args.class_id is None:
@@ -533,6 +537,7 @@ def cmd_export_slice(args) -> int:
     shape = preflight.nifti_shape(args.image, "--image", "image")
     preflight.slice_option(shape, args.axis, args.slice_idx)
     preflight.nifti_shape(args.label, "--label", "label")
+    preflight.label_on_image_grid(args.image, args.label)
     preflight.output_folder(args.out, "--out")
     from .viz.finetuned import export_slice_png
 

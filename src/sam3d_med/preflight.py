@@ -172,3 +172,21 @@ def label_class(label_path: str | os.PathLike, class_id: int) -> None:
     error = absent_class_error(class_id, label_path, np.asarray(nib.load(str(label_path)).dataobj))
     if error is not None:
         raise error
+
+
+def label_on_image_grid(image_path: str | os.PathLike, label_path: str | os.PathLike, flag: str = "--label") -> None:
+    """The one grid rule of every command (``io.nifti.label_on_image_grid``) on the two headers alone:
+    the label's voxels must coincide with the image's in the world, in any stored order."""
+    import nibabel as nib
+    import numpy as np
+
+    from .io.nifti import Volume, grid_mismatch
+
+    def header_only(path) -> Volume:
+        img = nib.load(str(path))
+        shape = tuple(int(n) for n in img.shape[:3])
+        return Volume(np.broadcast_to(np.zeros((), bool), shape), np.asarray(img.affine, dtype=np.float64))
+
+    mismatch = grid_mismatch(header_only(label_path), header_only(image_path))
+    if mismatch:
+        raise InputError(f"{label_path}: {mismatch}")

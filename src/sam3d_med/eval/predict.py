@@ -353,8 +353,9 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
     if mesh is not None:
         write_mesh(mesh, mesh_path)
         written["mesh"] = str(mesh_path)
-    elif mesh_path:
-        Path(mesh_path).unlink(missing_ok=True)
+    elif mesh_path and Path(mesh_path).exists():
+        Path(mesh_path).unlink()
+        written["removed"] = str(mesh_path)
     if not predicted.any():
         written["warning"] = ("the prediction is empty (no voxel reaches p = 0.5)"
                               + ("; no mesh written" if mesh_path else ""))

@@ -45,7 +45,7 @@ def run_training_job(cfg: DictConfig) -> int:
 
         summary = train(cfg, run_dir)
     except Sam3dMedError as exc:
-        log.error("%s", exc)
+        _log_to_files(f"error: {exc}")  # the run's train.log keeps it; the console shows it once, on stderr
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if summary["status"] == "interrupted":
@@ -59,6 +59,14 @@ def run_training_job(cfg: DictConfig) -> int:
           + (f" (untrained model: {before:.4f})" if before is not None else "")
           + f"; checkpoints in {summary['checkpoint_dir']}; log and curves in {summary['run_dir']}")
     return 0
+
+
+def _log_to_files(message: str) -> None:
+    """Write an ERROR record to the log files only (Hydra's train.log), not to the console handler."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers + log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _resume_config(cfg: DictConfig) -> DictConfig:
