@@ -174,7 +174,7 @@ def cmd_model_info(args) -> int:
 
 
 def cmd_check_release(args) -> int:
-    from .data.preprocess import load_manifest
+    from .data.manifest import load_manifest
     from .model.release_files import require_encoder, require_weights_folder
 
     if args.cases < 0:

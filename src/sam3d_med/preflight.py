@@ -29,13 +29,6 @@ def existing_file(path: str | os.PathLike, flag: str, what: str) -> Path:
     return path
 
 
-def existing_folder(path: str | os.PathLike, flag: str, what: str) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        raise InputError(f"{flag} {path}: {what} folder does not exist")
-    return path
-
-
 def training_checkpoint(path: str | os.PathLike, flag: str = "--checkpoint") -> Path:
     """A training checkpoint file (a PyTorch zip archive: best.pt, last.pt, epoch_N.pt)."""
     path = existing_file(path, flag, "checkpoint file")

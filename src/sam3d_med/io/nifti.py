@@ -96,6 +96,11 @@ def _voxel_correspondence(label: Volume, image: Volume, atol_vox: float = 1e-3):
     return order
 
 
+def _in_voxels(mm: float, image: Volume) -> float:
+    """A tolerance in mm as a fraction of the image's smallest voxel side (index units)."""
+    return mm / max(float(voxel_spacing_mm(image.affine).min()), 1e-6)
+
+
 def _world_box(volume: Volume) -> np.ndarray:
     """(2, 3): the lowest and highest world coordinates (R, A, S) of the grid's voxel centres."""
     corners = np.array([[i, j, k] for i in (0, volume.data.shape[0] - 1) for j in (0, volume.data.shape[1] - 1)
@@ -111,7 +116,7 @@ def _spans(box: np.ndarray) -> str:
 def grid_mismatch(label: Volume, image: Volume, atol_mm: float = 1e-3) -> str | None:
     """None when the label's voxel centres coincide with the image's in the world (in any voxel order);
     else what differs, in words, mm and axes, and what to do."""
-    if _voxel_correspondence(label, image, atol_mm / max(float(voxel_spacing_mm(image.affine).min()), 1e-6)) is not None:
+    if _voxel_correspondence(label, image, _in_voxels(atol_mm, image)) is not None:
         return None
     differences = []
     if sorted(label.data.shape) != sorted(image.data.shape):
@@ -141,8 +146,7 @@ def label_on_image_grid(label: Volume, image: Volume, label_path: str | os.PathL
     resampling) when it is stored in another voxel order whose voxels coincide with the image's in the
     world (a ``GeometryWarning`` says so); refused (``InputError`` naming what differs in mm and axes)
     when they do not coincide. Both volumes as loaded (``canonical=False``, or both canonical)."""
-    tol = 1e-3 / max(float(voxel_spacing_mm(image.affine).min()), 1e-6)
-    order = _voxel_correspondence(label, image, tol)
+    order = _voxel_correspondence(label, image, _in_voxels(1e-3, image))
     if order is None:
         raise InputError(f"{label_path}: {grid_mismatch(label, image)}")
     if [b for b, _ in order] == [0, 1, 2] and not any(f for _, f in order):
@@ -156,13 +160,20 @@ def label_on_image_grid(label: Volume, image: Volume, label_path: str | os.PathL
     return Volume(np.ascontiguousarray(data), image.affine, image.header_forms)
 
 
-def _forms_disagreement(img) -> str | None:
-    """One line when the header's sform and qform are both set and place the volume differently."""
+def _header_forms(img, affine: np.ndarray) -> HeaderForms:
+    """The header's sform and qform with their codes (an unset one: ``affine``, code 0)."""
     sform, scode = img.get_sform(coded=True)
     qform, qcode = img.get_qform(coded=True)
-    if not scode or not qcode or sform is None or qform is None:
+    return HeaderForms(affine if sform is None else np.asarray(sform, np.float64), int(scode),
+                       affine if qform is None else np.asarray(qform, np.float64), int(qcode))
+
+
+def _forms_disagreement(forms: HeaderForms, shape) -> str | None:
+    """One line when the header's sform and qform are both set and place the volume differently."""
+    sform, scode, qform, qcode = forms.sform, forms.sform_code, forms.qform, forms.qform_code
+    if not scode or not qcode:
         return None
-    shape = np.array(img.shape[:3], dtype=np.float64) - 1
+    shape = np.array(shape[:3], dtype=np.float64) - 1
     corners = np.array([[a, b, c, 1.0] for a in (0, shape[0]) for b in (0, shape[1]) for c in (0, shape[2])])
     apart = float(np.linalg.norm((corners @ (sform - qform).T)[:, :3], axis=1).max())
     if apart < 1e-3:
@@ -213,17 +224,13 @@ def load_volume(path: str | os.PathLike, what: str = "volume", canonical: bool =
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(f"{path}: {what} has an invalid (singular or non-finite) affine")
-    forms = None
-    if hasattr(img, "get_sform"):
-        disagreement = _forms_disagreement(img)
+    forms = _header_forms(img, affine) if hasattr(img, "get_sform") else None
+    if forms is not None:
+        disagreement = _forms_disagreement(forms, img.shape)
         if disagreement:
             warnings.warn(GeometryWarning(f"{path}: {what}: {disagreement}"))
-        if not canonical:
-            sform, scode = img.get_sform(coded=True)
-            qform, qcode = img.get_qform(coded=True)
-            forms = HeaderForms(affine if sform is None else np.asarray(sform, np.float64), int(scode),
-                                affine if qform is None else np.asarray(qform, np.float64), int(qcode))
-    return Volume(data=np.asarray(data), affine=affine, header_forms=forms)
+    # the file's own forms describe its own voxel order only
+    return Volume(data=np.asarray(data), affine=affine, header_forms=None if canonical else forms)
 
 
 def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, dtype=None,
