@@ -129,27 +129,65 @@ def generate_case(rng: np.random.Generator, axcodes: str = "LAS", oblique_deg: f
         label[region & (label == 0)] = value
 
     # --- intensities (HU) ---
-    left_blood = rng.uniform(280, 360)
-    right_blood = left_blood - rng.uniform(60, 140)  # contrast arrives in the left heart first
+    aorta = (((local[..., 0] - 2.0) / 12.0) ** 2 + ((local[..., 1] + 2.0) / 12.0) ** 2 <= 1.0) & (local[..., 2] > 25.0)
+    image = synthesize_hu(rng, label, world, volume_centre, aorta=aorta)
+    return PhantomCase(image_hu=image, label=label, affine=affine)
+
+
+# Intensity ranges (HU) drawn per case: the phantom's; ``real_anatomy.HU_STYLES`` adds a real CTA's.
+PHANTOM_HU = {"left_blood": (280.0, 360.0), "right_blood_drop": (60.0, 140.0), "myocardium": (90.0, 130.0),
+              "noise": (15.0, 30.0)}
+CAVITY_WALL_VOX = {2: 2, 4: 2, 1: 1, 3: 1}  # unlabelled wall round each cavity: ventricles 2 voxels, atria 1
+
+
+def synthesize_hu(rng: np.random.Generator, label: np.ndarray, world_mm: np.ndarray, volume_centre,
+                  aorta: np.ndarray | None = None, lung_clearance_vox: int = 0, values: dict = PHANTOM_HU,
+                  cavity_walls: bool = False) -> np.ndarray:
+    """CT-like Hounsfield units (int16, the shape of ``label``) for a phantom label map in the tutorial's
+    numbering (1 LA, 2 LV, 3 RA, 4 RV, 5 myocardium; absent labels simply get no blood pool).
+
+    ``world_mm`` (I, J, K, 3): world RAS+ mm of every voxel centre; ``volume_centre`` (3,): the crop's
+    centre in world mm, about which the body (lungs, spine) is placed. Soft tissue 40 HU; lungs -820 HU
+    (two ellipsoids left and right of the centre; with ``lung_clearance_vox`` > 0 only farther than that
+    many voxels from the heart, for anatomy not built to leave them room); a vertebra 700 HU; a 2-voxel
+    rim of epicardial fat -90 HU round the labelled heart; ``aorta`` (optional mask) and the left blood
+    pool (labels 1, 2) ~U(280, 360) HU, the right (3, 4) 60-140 HU lower; myocardium (5) ~U(90, 130) HU;
+    Gaussian blur (sigma 0.7 voxel) for partial volume, then Gaussian noise of standard deviation
+    ~U(15, 30) HU. ``values``: other ranges for these draws (same keys as ``PHANTOM_HU``). With
+    ``cavity_walls`` and no myocardium label (cavity surfaces only), an unlabelled wall of myocardial
+    intensity round the cavities (``CAVITY_WALL_VOX``) that the fat rim then surrounds. Draws from
+    ``rng`` in this fixed order: left blood, right-blood drop, myocardium, noise level, noise.
+    """
+    shape_ijk = label.shape
+    left_blood = rng.uniform(*values["left_blood"])
+    right_blood = left_blood - rng.uniform(*values["right_blood_drop"])  # contrast reaches the left heart first
     hu = np.full(shape_ijk, 40.0)  # chest wall / soft tissue
-    body = world - volume_centre
+    body = world_mm - np.asarray(volume_centre, dtype=np.float64)
+    myocardium = label == 5
+    if cavity_walls and not myocardium.any():
+        for value, thickness in CAVITY_WALL_VOX.items():
+            if (label == value).any():
+                myocardium |= ndimage.binary_dilation(label == value, iterations=thickness)
+        myocardium &= label == 0
+    heart = (label > 0) | myocardium
     lung_left = _inside_ellipsoid(body, np.array([70.0, -10.0, 0.0]), np.array([55.0, 80.0, 140.0]))
     lung_right = _inside_ellipsoid(body, np.array([-72.0, -10.0, 0.0]), np.array([55.0, 80.0, 140.0]))
-    hu[lung_left | lung_right] = -820.0
+    lungs = lung_left | lung_right
+    if lung_clearance_vox > 0:
+        lungs &= ~ndimage.binary_dilation(heart, iterations=int(lung_clearance_vox))
+    hu[lungs] = -820.0
     spine = ((body[..., 0] / 16.0) ** 2 + ((body[..., 1] + 75.0) / 16.0) ** 2) <= 1.0
     hu[spine] = 700.0
-    heart = label > 0
     fat = ndimage.binary_dilation(heart, iterations=2) & ~heart
     hu[fat] = -90.0
-    aorta = (((local[..., 0] - 2.0) / 12.0) ** 2 + ((local[..., 1] + 2.0) / 12.0) ** 2 <= 1.0) & (local[..., 2] > 25.0)
-    hu[aorta & ~heart] = left_blood
-    hu[label == 5] = rng.uniform(90, 130)
+    if aorta is not None:
+        hu[aorta & ~heart] = left_blood
+    hu[myocardium] = rng.uniform(*values["myocardium"])
     hu[(label == 1) | (label == 2)] = left_blood
     hu[(label == 3) | (label == 4)] = right_blood
     hu = ndimage.gaussian_filter(hu, sigma=0.7)  # partial volume at edges
-    hu += rng.normal(0.0, rng.uniform(15, 30), shape_ijk)
-    image = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
-    return PhantomCase(image_hu=image, label=label, affine=affine)
+    hu += rng.normal(0.0, rng.uniform(*values["noise"]), shape_ijk)
+    return np.clip(np.round(hu), -1024, 3071).astype(np.int16)
 
 
 PHANTOM_README = """SYNTHETIC DATA - NOT PATIENT IMAGES.

@@ -14,10 +14,10 @@ neighbour). ``synthesize_ct_hu`` then gives the labels CT intensities in one of 
   pulmonary artery's median 549 HU), myocardium 100-140 HU (its heart's second mode ~120 HU), noise
   35-50 HU.
 
-Both put soft tissue (40 HU) around the heart, a fat rim (-90 HU), lungs (-820 HU) left and right of
-the grid centre and, where the labels have no myocardium (cavity surfaces), an unlabelled wall of
-myocardial intensity around the cavities (2 voxels round the ventricles, 1 round the atria), then
-blur (sigma 0.7 voxel, partial volume) and Gaussian noise. Labels are the tutorial's (1 left atrium,
+Both use the phantom's synthesis (``phantom.synthesize_hu``): soft tissue (40 HU), a fat rim (-90 HU),
+lungs (-820 HU) left and right of the grid centre, a vertebra and, where the labels have no
+myocardium (cavity surfaces), an unlabelled wall of myocardial intensity round the cavities (2 voxels
+round the ventricles, 1 round the atria), then blur (sigma 0.7 voxel, partial volume) and noise. Labels are the tutorial's (1 left atrium,
 2 left ventricle, 3 right atrium, 4 right ventricle, 5 myocardium); a class the source does not have
 is absent from the case (its scores are NaN, never zero) and listed in its provenance.
 """
@@ -27,24 +27,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from ..io.atomic import atomic_write_json
 from ..io.nifti import Volume, save_volume
 from .classes import DEFAULT_CLASS_NAMES
 from .crop import crop_around_labels
-from .phantom import orientation_affine
+from .phantom import PHANTOM_HU, orientation_affine, synthesize_hu
 from .surface_raster import close_surface, enclosed_volume_mm3, labels_from_fractions, rasterise_closed_surface
 
 PROVENANCE_FILE = "provenance.json"
 HU_STYLES = {
-    "phantom": {"left_blood": (280.0, 360.0), "right_blood_drop": (60.0, 140.0), "myocardium": (90.0, 130.0),
-                "noise": (15.0, 30.0)},
+    "phantom": PHANTOM_HU,
     "ct": {"left_blood": (460.0, 520.0), "right_blood_drop": (-40.0, 40.0), "myocardium": (100.0, 140.0),
            "noise": (35.0, 50.0)},
 }
-LEFT_BLOOD, RIGHT_BLOOD, MYOCARDIUM = (1, 2), (3, 4), 5
-ATRIA, VENTRICLES = (1, 3), (2, 4)
 
 
 def surfaces_to_crop(surfaces: dict[int, tuple[np.ndarray, np.ndarray]], size: int = 64,
@@ -81,39 +77,13 @@ def labels_to_crop(labels: Volume, label_map: dict[int, int], size: int = 64,
 
 def synthesize_ct_hu(label: np.ndarray, affine: np.ndarray, rng: np.random.Generator, style: str = "phantom") -> np.ndarray:
     """CT-like intensities (int16 HU, the shape of ``label``) for tutorial-numbered labels on the grid
-    of ``affine`` (voxel -> world RAS+ mm) in ``style`` (``HU_STYLES``: module doc); every draw from
-    ``rng`` in a fixed order."""
-    values = HU_STYLES[style]
-    shape = label.shape
-    ijk = np.indices(shape, dtype=np.float64).transpose(1, 2, 3, 0)
+    of ``affine`` (voxel -> world RAS+ mm) in ``style`` (``HU_STYLES``: module doc), by the phantom's
+    synthesis (``phantom.synthesize_hu``: body about the grid's centre, lungs kept 4 voxels clear of
+    the heart, an unlabelled wall round cavities without a myocardium label); draws from ``rng``."""
+    ijk = np.indices(label.shape, dtype=np.float64).transpose(1, 2, 3, 0)
     world = ijk @ affine[:3, :3].T + affine[:3, 3]
-    body = world - world.reshape(-1, 3).mean(0)
-    hu = np.full(shape, 40.0)  # soft tissue
-    for side in (1.0, -1.0):  # lungs right (+x) and left of the centre, as in the phantom
-        lung = (((body - np.array([side * 72.0, -10.0, 0.0])) / np.array([55.0, 80.0, 140.0])) ** 2).sum(-1) <= 1.0
-        hu[lung] = -820.0
-    cavities = np.isin(label, (1, 2, 3, 4))
-    heart = label > 0
-    if not (label == MYOCARDIUM).any():  # cavity surfaces only: an unlabelled wall around them
-        wall = np.zeros(shape, dtype=bool)
-        for values_, thickness in ((VENTRICLES, 2), (ATRIA, 1)):
-            region = np.isin(label, values_)
-            if region.any():
-                wall |= ndimage.binary_dilation(region, iterations=thickness)
-        wall &= ~cavities
-        heart = heart | wall
-    else:
-        wall = label == MYOCARDIUM
-    fat = ndimage.binary_dilation(heart, iterations=2) & ~heart
-    hu[fat] = -90.0
-    left_blood = rng.uniform(*values["left_blood"])
-    right_blood = left_blood - rng.uniform(*values["right_blood_drop"])
-    hu[wall] = rng.uniform(*values["myocardium"])
-    hu[np.isin(label, LEFT_BLOOD)] = left_blood
-    hu[np.isin(label, RIGHT_BLOOD)] = right_blood
-    hu = ndimage.gaussian_filter(hu, sigma=0.7)  # partial volume at edges
-    hu += rng.normal(0.0, rng.uniform(*values["noise"]), shape)
-    return np.clip(np.round(hu), -1024, 3071).astype(np.int16)
+    centre = affine[:3, :3] @ ((np.asarray(label.shape) - 1) / 2.0) + affine[:3, 3]
+    return synthesize_hu(rng, label, world, centre, lung_clearance_vox=4, values=HU_STYLES[style], cavity_walls=True)
 
 
 def write_anatomy_case(out_dir: str | Path, case_id: str, image_hu: np.ndarray, label: np.ndarray,
