@@ -16,6 +16,9 @@ and a ``classes.json``:
   - ``bivme_patient1``: the biventricular labels fitted to a real cine MR (biv-me, Apache-2.0), 1 mm
     -> 3 mm: 1 LV cavity -> 2, 3 RV cavity -> 4, 2 myocardium -> 5 (LV and RV walls together, where
     the tutorial's myocardium is the LV's: said in its provenance); no atria.
+- ``templates/``: the chambers' label maps at a finer grid, for anatomy-based phantoms
+  (``sam3d-med phantom --template``): Strocchi's surfaces rasterised on 128^3 voxels of 1.5 mm, biv-me's
+  1 mm labels renumbered to the tutorial's values (thin walls alias less than from the 3 mm crops);
 - ``real_ct/ts_pulmonary_ct``: the real CTA (TotalSegmentator test data, Apache-2.0) cropped with
   ``sam3d-med crop`` around its heart (1) and pulmonary artery (2), its own intensities.
 
@@ -36,7 +39,7 @@ from sam3d_med.data.classes import CLASSES_FILE, DEFAULT_CLASS_NAMES, class_name
 from sam3d_med.data.real_anatomy import (HU_STYLES, labels_to_crop, surfaces_to_crop, synthesize_ct_hu,
                                          write_anatomy_case)
 from sam3d_med.io.atomic import atomic_write_json
-from sam3d_med.io.nifti import Volume, load_volume, save_volume
+from sam3d_med.io.nifti import load_volume, save_volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 STROCCHI_FILES = {1: "closed_volume_left_atrium.stl", 2: "closed_volume_left_ventricle.stl",
@@ -56,15 +59,35 @@ TS_CT = {"source": "TotalSegmentator test data (tests/reference_files/pulmonary_
          "made_by": "sam3d-med crop --labels 1,2 --size 64 --spacing 3 (heart 1, pulmonary artery 2)"}
 
 
-def strocchi_case(anatomy_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+def strocchi_surfaces(anatomy_dir: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     import trimesh
 
     surfaces = {}
     for value, name in STROCCHI_FILES.items():
         mesh = trimesh.load(anatomy_dir / "strocchi2020_case01" / name)  # merges the STL's repeated vertices
         surfaces[value] = (np.asarray(mesh.vertices) @ LPS_TO_RAS.T, np.asarray(mesh.faces))
-    label, affine, volumes = surfaces_to_crop(surfaces)
-    return label, affine, volumes
+    return surfaces
+
+
+def strocchi_case(anatomy_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    return surfaces_to_crop(strocchi_surfaces(anatomy_dir))
+
+
+def write_templates(anatomy_dir: Path, out: Path) -> dict[str, Path]:
+    """Template label maps (tutorial numbering) of the two chamber sources at a finer grid."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / f"{name}-label.nii.gz" for name in ("strocchi2020_case01", "bivme_patient1")}
+    if not paths["strocchi2020_case01"].is_file():
+        label, affine, _ = surfaces_to_crop(strocchi_surfaces(anatomy_dir), size=128, spacing_mm=1.5, oversample=2)
+        save_volume(paths["strocchi2020_case01"], label, affine, dtype=np.uint8)
+    if not paths["bivme_patient1"].is_file():
+        source = load_volume(anatomy_dir / "bivme_patient1" / "labels_ED_1mm.nii.gz", "biv-me labels", canonical=False)
+        lookup = np.zeros(256, dtype=np.uint8)
+        for value, target in BIVME_TO_TUTORIAL.items():
+            lookup[value] = target
+        save_volume(paths["bivme_patient1"], lookup[np.asarray(source.data, dtype=np.intp)], source.affine,
+                    dtype=np.uint8, like=source)
+    return paths
 
 
 def bivme_case(anatomy_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -111,6 +134,7 @@ def build(anatomy_dir: Path, out: Path, seed: int = 0) -> dict:
             write_anatomy_case(folder, case_id, image, label, affine,
                                {**provenance, "intensities": f"synthesised, style {style!r}", "grid": "64^3, 3 mm, RAS"})
     real_ct_case(anatomy_dir, out / "real_ct")
+    write_templates(anatomy_dir, out / "templates")
     return {case_id: volumes for case_id, ((_, _, volumes), _) in cases.items()}
 
 

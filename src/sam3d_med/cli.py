@@ -21,17 +21,55 @@ def _add_phantom(sub):
     p.add_argument("--first_index", type=int, default=1, help="number of the first case (s0001)")
     p.add_argument("--orientation", default="LAS", help="array axis codes of the written files, e.g. LAS, RAS, LPS, PIR")
     p.add_argument("--oblique_deg", type=float, default=0.0, help="rotate the grid about world z (oblique acquisition)")
+    p.add_argument("--template", action="append", default=None, metavar="LABELS.nii.gz",
+                   help="anatomy-based phantom: deform this real label map (values 0 and the tutorial's 1..5; "
+                        "repeat for several, used in turn) instead of building ellipsoids")
+    p.add_argument("--deformation_mm", type=float, default=None,
+                   help="with --template: RMS amplitude of the random smooth deformation in mm (default 4.0)")
+    p.add_argument("--smoothness_mm", type=float, default=None,
+                   help="with --template: correlation length of the deformation in mm (default 20.0)")
     p.set_defaults(func=cmd_phantom)
 
 
 def cmd_phantom(args) -> int:
-    from .data.phantom import write_phantom_dataset
-
     if args.cases < 1:
         raise Sam3dMedError("--cases must be at least 1")
+    if args.template:
+        return _phantom_from_templates(args)
+    if args.deformation_mm is not None or args.smoothness_mm is not None:
+        raise Sam3dMedError("--deformation_mm and --smoothness_mm apply only with --template")
+    from .data.phantom import write_phantom_dataset
+
     folders = write_phantom_dataset(args.out, args.cases, seed=args.seed, axcodes=args.orientation,
                                     oblique_deg=args.oblique_deg, first_index=args.first_index, progress=True)
     print(f"wrote {len(folders)} synthetic cases to {args.out}")
+    return 0
+
+
+def _phantom_from_templates(args) -> int:
+    """``phantom --template``: options and files checked before numpy/scipy load."""
+    from .errors import InputError
+
+    amplitude = 4.0 if args.deformation_mm is None else args.deformation_mm
+    smoothness = 20.0 if args.smoothness_mm is None else args.smoothness_mm
+    if not amplitude >= 0:
+        raise Sam3dMedError(f"--deformation_mm must be 0 or more (RMS displacement in mm), got {amplitude}")
+    if not smoothness > 0:
+        raise Sam3dMedError(f"--smoothness_mm must be more than 0 (mm), got {smoothness}")
+    if args.oblique_deg:
+        raise Sam3dMedError("--oblique_deg is not available with --template (the template phantom's grid is not oblique)")
+    for template in args.template:
+        path = Path(template)
+        if not path.is_file():
+            raise InputError(f"--template {template}: file is missing")
+        if not path.name.lower().endswith((".nii", ".nii.gz")):
+            raise InputError(f"--template {template}: not a NIfTI label map (.nii or .nii.gz)")
+    from .data.template_phantom import write_template_phantom_dataset
+
+    folders = write_template_phantom_dataset(args.out, args.template, args.cases, seed=args.seed,
+                                             amplitude_mm=amplitude, smoothness_mm=smoothness, axcodes=args.orientation,
+                                             first_index=args.first_index, progress=True)
+    print(f"wrote {len(folders)} synthetic cases deformed from {len(args.template)} template(s) to {args.out}")
     return 0
 
 
@@ -215,6 +253,34 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                         "fitted to the input slice and the plane set to the input mask, which is given, not predicted)")
     p.add_argument("--no_pose_fit", action="store_true",
                    help="keep the model's own pose (default: fitted to the input slice's mask, object frame)")
+    p.add_argument("--baseline", action="append", default=[], metavar="unet=CHECKPOINT",
+                   help="a further baseline beside mean_shape and extrude: unet=CHECKPOINT, a 3-D U-Net made by "
+                        "sam3d-med train-unet on the training cache")
+    p.add_argument("--class_union", action="append", default=[], metavar="NAME=1,2,3",
+                   help="score a test class the training did not have as the union of training classes, e.g. "
+                        "heart=1,2,3,4,5 (repeatable)")
+
+
+def parse_eval_extras(args) -> tuple[str | None, dict[str, tuple[int, ...]]]:
+    """(U-Net checkpoint or None, class unions) from ``--baseline`` and ``--class_union``; one-line errors."""
+    from . import preflight
+
+    unet = None
+    for text in args.baseline:
+        name, _, path = text.partition("=")
+        if name != "unet" or not path:
+            raise Sam3dMedError(f"--baseline {text}: give unet=CHECKPOINT (a checkpoint of sam3d-med train-unet)")
+        unet = str(preflight.existing_file(path, "--baseline unet", "U-Net checkpoint"))
+    unions = {}
+    for text in args.class_union:
+        name, _, values = text.partition("=")
+        try:
+            unions[name.strip()] = tuple(int(v) for v in values.split(","))
+        except ValueError:
+            raise Sam3dMedError(f"--class_union {text}: give NAME=1,2,3 (training label values)") from None
+        if not name.strip():
+            raise Sam3dMedError(f"--class_union {text}: give NAME=1,2,3 (training label values)")
+    return unet, unions
 
 
 def cmd_eval(args) -> int:
@@ -222,6 +288,7 @@ def cmd_eval(args) -> int:
     from .data.manifest import load_manifest
 
     check_inference_arguments(args)
+    unet_checkpoint, class_unions = parse_eval_extras(args)
     preflight.at_least(args.batch_size, 1, "--batch_size", optional=False)
     preflight.at_least(args.max_cases, 1, "--max_cases")
     if args.policy not in ("max_area", "center"):
@@ -238,7 +305,8 @@ def cmd_eval(args) -> int:
                           seed=args.seed, batch_size=args.batch_size, train_cache=args.train_cache,
                           max_cases=args.max_cases, save_viz=args.save_viz,
                           input_slice_constraint=not args.no_slice_constraint, pose_fit=not args.no_pose_fit,
-                          nsd_definition=args.nsd_definition)
+                          nsd_definition=args.nsd_definition, unet_checkpoint=unet_checkpoint,
+                          class_unions=class_unions or None)
     document = evaluate(args.checkpoint, args.data_root, args.output_dir, options, device=str(device))
     print(summary_table(document))
     for warning in document["warnings"]:  # again after the table: it changes how the table reads
@@ -246,6 +314,54 @@ def cmd_eval(args) -> int:
     print(f"metrics: {args.output_dir}/metrics.json, {args.output_dir}/metrics.csv"
           + (f"; figures and surfaces: {args.output_dir}/visualizations (report: sam3d-med report {args.output_dir})"
              if args.save_viz else ""))
+    return 0
+
+
+def add_train_unet_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train_cache", required=True, help="preprocessed training cache (manifest.json), as the LoRA run's")
+    p.add_argument("--out", required=True, help="checkpoint to write (.pt)")
+    p.add_argument("--steps", type=int, default=600, help="optimiser steps")
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (constant)")
+    p.add_argument("--seed", type=int, default=0, help="split, weights and sample draws (the LoRA run's seed: same split)")
+    p.add_argument("--val_fraction", type=float, default=0.1,
+                   help="cases held out as in the LoRA run: give its data.val_fraction (configs/train.yaml: 0.1)")
+    p.add_argument("--side", type=int, default=64, help="the network's cube in voxels; other grids are centre-cropped/padded")
+    p.add_argument("--save_every", type=int, default=100,
+                   help="also save the checkpoint every N steps (the same command again resumes from it)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def cmd_train_unet(args) -> int:
+    from . import preflight
+    from .data.manifest import load_manifest
+
+    preflight.at_least(args.steps, 1, "--steps", optional=False)
+    preflight.at_least(args.batch_size, 1, "--batch_size", optional=False)
+    if args.side < 8 or args.side % 8:
+        raise Sam3dMedError(f"--side must be a positive multiple of 8 (the U-Net halves it 3 times), got {args.side}")
+    preflight.at_least(args.save_every, 1, "--save_every", optional=False)
+    preflight.positive(args.lr, "--lr", optional=False)
+    if not 0 <= args.val_fraction < 1:
+        raise Sam3dMedError(f"--val_fraction must be in [0, 1) (got {args.val_fraction})")
+    preflight.device_option(args.device)
+    if Path(args.out).suffix != ".pt":
+        raise Sam3dMedError(f"--out {args.out}: give a .pt file name")
+    preflight.output_path(args.out, "--out")
+    load_manifest(args.train_cache)  # before torch: a wrong path is one line at once
+    from .train.unet_baseline import train_unet
+
+    try:
+        train_unet(args.train_cache, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                   seed=args.seed, val_fraction=args.val_fraction, device=args.device, side=args.side,
+                   save_every=args.save_every, progress=not args.no_progress,
+                   log=lambda m: print(m, file=sys.stderr))
+    except KeyboardInterrupt:
+        print("interrupted: the checkpoint holds the model of the last save (training.completed false); "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"U-Net baseline: {args.out}")
     return 0
 
 
@@ -578,6 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a test cache (Dice, HD95, Chamfer, NSD; baselines)")
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("train-unet", help="train the supervised 3-D U-Net baseline (MONAI) on a training cache")
+    add_train_unet_arguments(p)
+    p.set_defaults(func=cmd_train_unet)
     p = sub.add_parser("predict", help="one slice + mask of a NIfTI scan -> 3-D prediction as NIfTI on the scan's grid")
     add_inference_arguments(p)
     p.add_argument("--image", required=True, help="the scan (NIfTI)")

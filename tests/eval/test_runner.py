@@ -181,3 +181,80 @@ def test_no_summary_shows_a_failed_model_as_the_best(tmp_path):
     hd95 = cells[3:6]  # Dice x 3 methods, then HD95 x 3 (model, mean_shape, extrude)
     assert "&infin;" in hd95[0] and "3 of 4 inf" in hd95[0] and "<b>" not in hd95[0]
     assert hd95[1].startswith("<b>3.0") and hd95[2].startswith("<b>3.0")
+
+
+def test_test_classes_are_matched_to_training_classes_by_name_or_a_named_union():
+    from sam3d_med.eval.runner import training_classes_of
+
+    train = {"1": "left_atrium", "2": "left_ventricle", "3": "right_atrium", "4": "right_ventricle", "5": "myocardium"}
+    assert training_classes_of(train, train, None, "t") == {c: (c,) for c in range(1, 6)}
+    assert training_classes_of({"1": "left_ventricle", "2": "myocardium"}, train, None, "t") == {1: (2,), 2: (5,)}
+    both = {"1": "heart", "2": "pulmonary_artery"}
+    with pytest.raises(InputError, match=r"\['heart', 'pulmonary_artery'\] are not training classes.*--class_union heart="):
+        training_classes_of(both, train, None, "t")
+    with pytest.raises(InputError, match="pulmonary_artery"):  # a union for one: the other is still named
+        training_classes_of(both, train, {"heart": (1, 2, 3, 4, 5)}, "t")
+    assert training_classes_of({"1": "heart"}, train, {"heart": (1, 2, 3, 4, 5)}, "t") == {1: (1, 2, 3, 4, 5)}
+    with pytest.raises(InputError, match=r"training has no classes \[7\]"):
+        training_classes_of({"1": "heart"}, train, {"heart": (1, 7)}, "t")
+
+
+def test_a_union_class_has_the_union_as_its_priors(cache_dir):
+    manifest = load_manifest(cache_dir)
+    ids = ["s0001", "s0002"]
+    single = TrainingPriors(cache_dir, manifest, ids, [2, 5])
+    union = TrainingPriors(cache_dir, manifest, ids, {1: (2, 5)})
+    assert (union.mean_occupancy[1] >= (single.mean_occupancy[2] | single.mean_occupancy[5])).all()
+    assert union.mean_occupancy[1].sum() > single.mean_occupancy[5].sum()
+    assert all(u >= max(a, b) for u, a, b in zip(union.extent[1], single.extent[2], single.extent[5]))
+
+
+def test_a_whole_heart_is_scored_as_the_union_of_the_training_chambers(trained, tmp_path):
+    import nibabel as nib
+
+    from sam3d_med.data.phantom import write_phantom_dataset
+    from sam3d_med.data.preprocess import PreprocessOptions, run_preprocess
+
+    raw = tmp_path / "raw"
+    write_phantom_dataset(raw, 1, seed=5, first_index=301)
+    label_path = raw / "s0301" / "s0301-label.nii.gz"
+    img = nib.load(label_path)
+    nib.save(nib.Nifti1Image((np.asarray(img.dataobj) > 0).astype(np.uint8), img.affine, img.header), label_path)
+    (raw / "classes.json").write_text(json.dumps({"class_names": {"1": "heart"}}))
+    run_preprocess(raw, tmp_path / "cache", PreprocessOptions(classes=1, axes=(2,), class_names={1: "heart"}),
+                   progress=False, log=lambda m: None)
+    with pytest.raises(InputError, match="--class_union heart="):
+        evaluate(trained / "ckpt" / "best.pt", tmp_path / "cache", tmp_path / "out", EvalOptions(steps=1),
+                 log=lambda m: None)
+    options = EvalOptions(steps=1, batch_size=4, class_unions={"heart": (1, 2, 3, 4, 5)})
+    document = evaluate(trained / "ckpt" / "best.pt", tmp_path / "cache", tmp_path / "out", options, log=lambda m: None)
+    assert {(r["class_name"], r["method"]) for r in document["records"]} == {("heart", m) for m in ("model", "mean_shape", "extrude")}
+    assert document["protocol"]["class_unions"] == {"heart": [1, 2, 3, 4, 5]}
+    mean_shape = next(r for r in document["records"] if r["method"] == "mean_shape")
+    assert mean_shape["dice"] > 0.5  # the chambers' mean union is a whole heart
+
+
+@pytest.mark.e2e
+def test_a_unet_baseline_is_a_row_of_every_output(trained, cache_dir, tmp_path):
+    from sam3d_med.train.unet_baseline import train_unet
+
+    unet = tmp_path / "unet.pt"
+    train_unet(cache_dir, unet, steps=3, batch_size=2, channels=(4, 8), strides=(2,), progress=False, log=lambda m: None)
+    args = [sys.executable, str(REPO / "scripts" / "eval_medical.py"), "--checkpoint", str(trained / "ckpt" / "best.pt"),
+            "--data_root", str(trained / "test_cache"), "--output_dir", str(tmp_path / "results"), "--steps", "1",
+            "--max_cases", "1", "--baseline", f"unet={unet}"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "unet Dice" in done.stdout.splitlines()[0]
+    saved = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    assert saved["protocol"]["baselines"] == ["mean_shape", "extrude", "unet"] and "sha256" in json.dumps(saved["protocol"]["unet"])
+    assert set(saved["summary"]["unet"]["per_class"]) == set(saved["summary"]["model"]["per_class"])
+    rows = (tmp_path / "results" / "metrics.csv").read_text().splitlines()
+    assert sum(",unet," in r for r in rows) == sum(",model," in r for r in rows) == 5 * 2
+    from sam3d_med.viz.report import build_report
+
+    assert "3-D U-Net" in build_report(tmp_path / "results")
+    # a LoRA checkpoint given as the U-Net, or a missing file: one line, before anything is scored
+    for wrong, message in ((trained / "ckpt" / "best.pt", "U-Net"), (tmp_path / "none.pt", "does not exist")):
+        bad = subprocess.run(args[:-1] + [f"unet={wrong}"], capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr

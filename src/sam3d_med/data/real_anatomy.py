@@ -43,21 +43,21 @@ HU_STYLES = {
 }
 
 
-def surfaces_to_crop(surfaces: dict[int, tuple[np.ndarray, np.ndarray]], size: int = 64,
-                     spacing_mm: float = 3.0) -> tuple[np.ndarray, np.ndarray, dict[int, dict]]:
+def surfaces_to_crop(surfaces: dict[int, tuple[np.ndarray, np.ndarray]], size: int = 64, spacing_mm: float = 3.0,
+                     oversample: int = 3) -> tuple[np.ndarray, np.ndarray, dict[int, dict]]:
     """(labels uint8 (size,)*3, affine voxel -> world RAS+ mm, volumes) of surfaces given as
     {label: (vertices (V, 3) world RAS+ mm, faces (F, 3))}.
 
     The grid is axis-aligned in world RAS+ (affine ``diag(spacing)`` plus origin), centred on the
     surfaces' joint bounding box. Each surface is closed (``surface_raster.close_surface``) and
-    rasterised at 27 sub-voxel points per voxel; a voxel takes the label with the largest inside
+    rasterised at ``oversample``^3 sub-voxel points per voxel; a voxel takes the label with the largest inside
     fraction when that is at least 0.5. ``volumes``: per label the closed surface's volume, the
     rasterised inside fraction's volume and the labelled voxels' volume, in ml."""
     closed = {v: close_surface(*surfaces[v]) for v in sorted(surfaces)}
     points = np.concatenate([c[0] for c in closed.values()])
     centre = (points.min(0) + points.max(0)) / 2
     affine = orientation_affine("RAS", spacing_mm, (size,) * 3, centre)
-    fractions = {v: rasterise_closed_surface(c[0], c[1], affine, (size,) * 3) for v, c in closed.items()}
+    fractions = {v: rasterise_closed_surface(c[0], c[1], affine, (size,) * 3, oversample) for v, c in closed.items()}
     label = labels_from_fractions(fractions)
     voxel_ml = spacing_mm ** 3 / 1000.0
     volumes = {v: {"surface_ml": enclosed_volume_mm3(c[0], c[1]) / 1000.0, "raster_fraction_ml":

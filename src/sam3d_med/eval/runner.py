@@ -14,7 +14,13 @@ checkpoint's validation settings (what its validation Dice was measured with), o
 command line. Two baselines are scored on the same samples:
 - ``mean_shape``: the training cases' mean occupancy of the class, thresholded at 0.5;
 - ``extrude``: the input slice's mask repeated along the slice axis over the class's median extent
-  (in voxels) along that axis in the training cases, centred on the input slice.
+  (in voxels) along that axis in the training cases, centred on the input slice;
+and with ``unet_checkpoint`` a third, ``unet``: a supervised 3-D U-Net trained on the training cache
+(``sam3d-med train-unet``, ``model.unet_baseline``) from the same input slice's image and mask.
+A test class the training did not have (e.g. a whole heart after training on its chambers) is scored
+only when ``class_unions`` names the training classes it is the union of: the model as for any class,
+the baselines from the union's occupancy and extent, the U-Net with those classes' inputs on; other
+unknown classes are refused (before any is scored).
 Results per case go to ``cases/<id>.json`` as soon as the case is scored, so a re-run skips cases
 already scored with the same protocol; ``metrics.json`` and ``metrics.csv`` are written at the end.
 With ``save_viz``, each case also gets ``visualizations/<id>.png`` (input, truth, prediction and
@@ -59,7 +65,8 @@ NSD_DESCRIPTIONS = {
 }
 assert set(NSD_DESCRIPTIONS) == set(NSD_DEFINITIONS)
 
-METHODS = ("model", "mean_shape", "extrude")
+METHODS = ("model", "mean_shape", "extrude")  # always scored; "unet" too when a U-Net checkpoint is given
+UNET_METHOD = "unet"
 VIZ_DIR = "visualizations"
 
 
@@ -88,6 +95,9 @@ class EvalOptions:
     save_viz: bool = False  # per-case comparison grid + surfaces in visualizations/ (the report shows them)
     input_slice_constraint: bool = True  # the prediction on the input plane is the input mask
     pose_fit: bool = True  # object frame: the pose is fitted to the input slice's mask (``model.placement``)
+    unet_checkpoint: str | None = None  # a third baseline: a 3-D U-Net trained on the training cache
+    # test class name -> the training classes it is the union of (a class the training did not have)
+    class_unions: dict[str, tuple[int, ...]] | None = None
 
     @property
     def fits_pose(self) -> bool:
@@ -119,26 +129,29 @@ def centred_on(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class TrainingPriors:
-    """Mean occupancy per class and median extent per class and axis over the training cases."""
+    """Mean occupancy per class and median extent per class and axis over the training cases.
 
-    def __init__(self, cache_dir: Path, manifest: dict, case_ids: list[str], classes: list[int]):
+    ``classes``: the classes' label values, or {class: training labels it is the union of}."""
+
+    def __init__(self, cache_dir: Path, manifest: dict, case_ids: list[str], classes):
         cases = [c for c in manifest["cases"] if c["case_id"] in set(case_ids)]
         if not cases:
             raise InputError(f"{cache_dir}: none of the checkpoint's training cases are in this cache")
+        groups = classes if isinstance(classes, dict) else {c: (c,) for c in classes}
         self.mean_occupancy, self.extent = {}, {}
-        sums, extents = {}, {c: [[], [], []] for c in classes}
+        sums, extents = {}, {c: [[], [], []] for c in groups}
         # cases of other grid sizes are averaged centre to centre on the most common grid
         shapes = [tuple(c["shape_ijk"]) for c in cases]
         self.shape = max(set(shapes), key=shapes.count)
         for case in cases:
             sdf = np.load(cache_dir / case["sdf_path"], mmap_mode="r")
-            for c in classes:
-                occ = np.asarray(sdf[c - 1] < 0)
+            for c, group in groups.items():
+                occ = np.any([np.asarray(sdf[g - 1]) < 0 for g in group], axis=0)
                 sums[c] = sums.get(c, 0) + centred_on(occ, self.shape).astype(np.float64)
                 if occ.any():
                     for axis, span in enumerate(bounding_box(occ, margin=0)):
                         extents[c][axis].append(span.stop - span.start)
-        for c in classes:
+        for c in groups:
             self.mean_occupancy[c] = sums[c] / len(cases) >= 0.5
             self.extent[c] = [int(np.median(e)) if e else 1 for e in extents[c]]
         self.n_cases = len(cases)
@@ -159,13 +172,19 @@ class TrainingPriors:
         return out
 
 
-def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: str, weights: dict | None) -> dict:
+def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: str, weights: dict | None,
+              unet_identity: dict | None = None) -> dict:
     doc = {"policy": options.policy, "threshold": "logit > 0 (p > 0.5)", "sampler": dataclasses.asdict(sampler),
            "target_frame": frame, "input_slice_constraint": options.input_slice_constraint,
            "pose_fit_to_input_slice": options.fits_pose and frame == "object",
            "seed": options.seed, "nsd_tolerances_mm": list(options.nsd_tolerances_mm),
            "nsd_definition": NSD_DESCRIPTIONS[options.nsd_definition],
            "checkpoint": str(checkpoint), "weights": weights, "baselines": ["mean_shape", "extrude"]}
+    if unet_identity:
+        doc["baselines"].append(UNET_METHOD)
+        doc["unet"] = unet_identity
+    if options.class_unions:
+        doc["class_unions"] = {k: list(v) for k, v in sorted(options.class_unions.items())}
     doc["id"] = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return doc
 
@@ -194,7 +213,12 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
     sampler = sampler_settings(model.cfg.sampler, cfg.get("validation", {}), options.steps, options.guidance,
                                options.samples)
     frame = cfg["data"].get("target_frame", "volume")
-    protocol = _protocol(options, sampler, source, frame, weights)
+    unet = None
+    if options.unet_checkpoint:
+        from ..model.unet_baseline import load_unet_baseline
+
+        unet = load_unet_baseline(options.unet_checkpoint, device)
+    protocol = _protocol(options, sampler, source, frame, weights, unet.identity() if unet else None)
 
     train_cache = Path(options.train_cache or cfg["data"]["slice_cache_dir"])
     if not (train_cache / "manifest.json").is_file():
@@ -202,16 +226,14 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                          f"pass --train_cache")
     train_manifest = load_manifest(train_cache)
     names = manifest["class_names"]
-    if train_manifest["class_names"] != names:
-        raise InputError(f"{data_root}: classes {names} differ from the training classes {train_manifest['class_names']}")
+    groups = training_classes_of(names, train_manifest["class_names"], options.class_unions, data_root)
     train_ids, _ = split_cases([c["case_id"] for c in train_manifest["cases"]], float(cfg["data"]["val_fraction"]),
                                int(cfg["seed"]))
     leakage = leakage_warning(manifest, train_manifest)
     warnings = [leakage] if leakage else []
     if leakage:
         log(f"WARNING: {leakage}")
-    classes = sorted(int(k) for k in names)
-    priors = TrainingPriors(train_cache, train_manifest, train_ids, classes)
+    priors = TrainingPriors(train_cache, train_manifest, train_ids, groups)
     log(f"baselines from {priors.n_cases} training cases in {train_cache}")
 
     cases = manifest["cases"][: options.max_cases] if options.max_cases else manifest["cases"]
@@ -256,6 +278,8 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                                              input_planes=fit_to).logits
                 if options.input_slice_constraint:
                     logits = impose_input_slice(logits, batch["axis"], batch["slice_idx"], planes)
+            unet_logits = unet_predictions(unet, data_root, case, dataset.samples[position:position + len(planes)],
+                                           groups) if unet else None
             for b in range(logits.shape[0]):
                 _, entry, cls = dataset.samples[position]
                 position += 1
@@ -271,6 +295,8 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                 predictions = {"model": model_logits > 0,
                                "mean_shape": priors.mean_shape(cls, truth.shape),
                                "extrude": priors.extrude(truth, cls, entry["axis"], entry["slice_idx"])}
+                if unet_logits is not None:
+                    predictions[UNET_METHOD] = unet_logits[b] > 0
                 for method, pred in predictions.items():
                     case_records.append({"case_id": case["case_id"], "class_id": cls, "class_name": names[str(cls)],
                                          "axis": entry["axis"], "slice_idx": entry["slice_idx"], "method": method,
@@ -281,6 +307,40 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
         atomic_write_json(cases_dir / f"{case['case_id']}.json", {"protocol_id": protocol["id"], "records": case_records})
         records += case_records
     return write_reports(records, output_dir, protocol, names, options, warnings)
+
+
+def training_classes_of(names: dict, train_names: dict, unions: dict | None, data_root) -> dict[int, tuple[int, ...]]:
+    """{test class: the training classes it is} matched by name (one each), or by ``unions`` (name ->
+    training labels) for a class the training did not have; ``InputError`` naming the classes that
+    are neither."""
+    by_name = {name: int(value) for value, name in train_names.items()}
+    unions = unions or {}
+    groups, unknown = {}, []
+    for value, name in sorted(names.items(), key=lambda kv: int(kv[0])):
+        if name in unions:
+            missing = [c for c in unions[name] if str(c) not in train_names]
+            if missing:
+                raise InputError(f"class union {name}: training has no classes {missing} (it has {train_names})")
+            groups[int(value)] = tuple(int(c) for c in unions[name])
+        elif name in by_name:
+            groups[int(value)] = (by_name[name],)
+        else:
+            unknown.append(name)
+    if unknown:
+        raise InputError(f"{data_root}: classes {unknown} are not training classes ({train_names}); to score one as "
+                         f"the union of training classes, name them (e.g. --class_union {unknown[0]}=1,2,3)")
+    return groups
+
+
+def unet_predictions(unet, data_root: Path, case: dict, samples: list, groups: dict) -> np.ndarray:
+    """The U-Net baseline's logits (B, I, J, K) on the case's grid for ``samples`` (case id, slice entry,
+    class): each from that slice's image and mask, with the class's training classes' inputs on."""
+    from ..model.unet_baseline import cache_sample_input
+
+    inputs = np.stack([cache_sample_input(data_root, case, entry, cls, unet.num_classes, class_ids=groups[cls])
+                       for _, entry, cls in samples])
+    with torch.no_grad():
+        return unet.predict_logits(torch.from_numpy(inputs).to(unet.device)).float().cpu().numpy()
 
 
 def _case_visuals(data_root: Path, case: dict, viz_dir: Path, axis: int, logits: dict, slices: dict, names: dict,
@@ -340,7 +400,7 @@ def write_reports(records: list[dict], output_dir: Path, protocol: dict, names: 
                   warnings: list[str] | None = None) -> dict:
     metric_names = ["dice", "hd95_mm", "chamfer_mm"] + [f"nsd_{t:g}mm" for t in options.nsd_tolerances_mm]
     summary = {}
-    for method in METHODS:
+    for method in ("model", *protocol.get("baselines", METHODS[1:])):
         rows = [r for r in records if r["method"] == method]
         per_class = {names[str(c)]: {m: summarize([r[m] for r in rows if r["class_id"] == c]) for m in metric_names}
                      for c in sorted({r["class_id"] for r in rows})}
@@ -373,12 +433,13 @@ def distance_cell(stats: dict) -> str:
 
 def summary_table(document: dict) -> str:
     """Dice mean and HD95 median per class, model beside the baselines (inf counts where there are)."""
-    lines = [f"{'class':<18}" + "".join(f"{m + ' Dice':>17}{m + ' HD95':>17}" for m in METHODS)]
     per_method = document["summary"]
+    methods = list(per_method)
+    lines = [f"{'class':<18}" + "".join(f"{m + ' Dice':>17}{m + ' HD95':>17}" for m in methods)]
     classes = list(per_method["model"]["per_class"])
     for name in classes + ["(all)"]:
         cells = []
-        for method in METHODS:
+        for method in methods:
             stats = per_method[method]["overall"] if name == "(all)" else per_method[method]["per_class"][name]
             cells.append(f"{stats['dice']['mean']:>17.3f}{distance_cell(stats['hd95_mm']):>17}")
         lines.append(f"{name:<18}" + "".join(cells))

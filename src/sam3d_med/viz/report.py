@@ -27,8 +27,9 @@ from ..io.atomic import atomic_write_text
 from .comparison import case_surfaces, load_case_volumes
 from .palette import class_colour_hex
 
-METHOD_LABELS = {"model": "fine-tuned model", "mean_shape": "baseline: mean shape", "extrude": "baseline: extrude"}
-METHOD_COLOURS = {"model": "#1f77b4", "mean_shape": "#7f7f7f", "extrude": "#bcbd22"}
+METHOD_LABELS = {"model": "fine-tuned model", "mean_shape": "baseline: mean shape", "extrude": "baseline: extrude",
+                 "unet": "baseline: 3-D U-Net"}
+METHOD_COLOURS = {"model": "#1f77b4", "mean_shape": "#7f7f7f", "extrude": "#bcbd22", "unet": "#d62728"}
 # (metric key, heading, summary statistic, higher is better)
 COMPARED = (("dice", "Dice (mean)", "mean", True), ("hd95_mm", "HD95 mm (median)", "median", False),
             ("chamfer_mm", "Chamfer mm (median)", "median", False), ("nsd_3mm", "NSD@3 mm (mean)", "mean", True))
@@ -255,7 +256,7 @@ def build_report(eval_dir: str | Path, max_figures: int = 20, max_3d_cases: int 
         summary, records, protocol = document["summary"], document["records"], document["protocol"]
     except (ValueError, KeyError) as exc:
         raise InputError(f"{metrics_path}: not a sam3d-med metrics file ({type(exc).__name__}: {exc})") from None
-    methods = [m for m in ("model", "mean_shape", "extrude") if m in summary]
+    methods = [m for m in METHOD_LABELS if m in summary]
     if "model" not in summary or not records:
         raise InputError(f"{metrics_path}: holds no model results")
     class_names = {int(r["class_id"]): r["class_name"] for r in records}
