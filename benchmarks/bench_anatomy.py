@@ -55,6 +55,7 @@ from sam3d_med.train.unet_baseline import train_unet  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = ("strocchi2020_case01", "bivme_patient1")
 WHOLE_HEART = {"heart": (1, 2, 3, 4, 5)}
+CLASSES = ["left_atrium", "left_ventricle", "right_atrium", "right_ventricle", "myocardium", "heart"]
 METRICS = (("Dice", "dice", "mean"), ("HD95 mm (median)", "hd95_mm", "median"), ("NSD@3mm", "nsd_3mm", "mean"))
 
 
@@ -154,7 +155,8 @@ def cell(value: float | None) -> str:
 def print_table(rows: list[dict], classes: list[str]) -> None:
     for test_set in dict.fromkeys(r["test"] for r in rows):
         block = [r for r in rows if r["test"] == test_set]
-        present = [c for c in classes if any(c in r for r in block)]
+        # every tutorial class is a column, so a class the case lacks shows as nan (never 0)
+        present = [c for c in classes if any(c in r for r in block)] if "heart" in block[0] else classes[:5]
         print(f"\n## {test_set}  ({block[0].get('samples', '?')} samples per row)")
         for title, key, _ in METRICS:
             print(f"{title:<38}" + "".join(f"{c[:13]:>14}" for c in present) + f"{'all':>10}")
@@ -168,7 +170,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--anatomy_dir", default=str(REPO.parent / "shared" / "anatomy"))
     parser.add_argument("--base", default=str(REPO / "release" / "rehearsal" / "checkpoints"))
-    parser.add_argument("--work", required=True, help="folder for data, caches, checkpoints and evaluations")
+    parser.add_argument("--work", default=None, help="folder for data, caches, checkpoints and evaluations")
+    parser.add_argument("--table", default=None, metavar="JSON", help="only print the tables of an earlier run's --json")
     parser.add_argument("--train_cases", type=int, default=24, help="cases per training set")
     parser.add_argument("--test_cases", type=int, default=4, help="held-out ellipsoid phantoms")
     parser.add_argument("--template_test_cases", type=int, default=2, help="held-out anatomy phantoms per template")
@@ -193,6 +196,12 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("overrides", nargs="*", help="more key=value training settings (LoRA)")
     args = parser.parse_args()
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        print_table(saved["rows"], CLASSES)
+        return
+    if not args.work:
+        parser.error("--work is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     keep_freed_memory_for_reuse()
     work = Path(args.work)
@@ -261,13 +270,12 @@ def main() -> None:
                   args, work, ct_options, device)
     log("scored: real CT")
 
-    classes = ["left_atrium", "left_ventricle", "right_atrium", "right_ventricle", "myocardium", "heart"]
     print(f"\n# bench_anatomy: base {args.base}, device {device}; {args.train_cases} training cases per set, LoRA rank "
           f"{args.lora_rank} and U-Net both {args.epochs * args.steps} steps of {args.batch}; evaluation {args.eval_samples} "
           f"draws x {args.sampler_steps} steps; total {(time.perf_counter() - started) / 60:.1f} min")
     for name, pair in models.items():
         print(f"training set {name}: LoRA {pair['lora_minutes']:.1f} min, U-Net {pair['unet_minutes']:.1f} min")
-    print_table(rows, classes)
+    print_table(rows, CLASSES)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1, default=str))
 
