@@ -23,6 +23,7 @@ from sam3d_med.data.phantom import write_phantom_dataset
 from sam3d_med.data.preprocess import PreprocessOptions, run_preprocess
 from sam3d_med.eval.metrics import segmentation_metrics
 from sam3d_med.eval.runner import EvalOptions, evaluate
+from sam3d_med.viz.comparison import write_evaluation_case_visuals
 from sam3d_med.viz.report import write_report
 
 
@@ -76,8 +77,9 @@ def main() -> None:
         for name, save_viz in (("without figures", False), ("--save_viz", True)):
             def run_once():  # every run scores into a new folder: nothing is reused from an earlier run
                 out = tmp / f"results_{next(run_numbers)}"
-                runs["document"] = evaluate(tmp / "ckpt" / "last.pt", tmp / "test", out,
-                                            EvalOptions(batch_size=8, save_viz=save_viz), log=lambda m: None)
+                runs["document"] = evaluate(tmp / "ckpt" / "last.pt", tmp / "test", out, EvalOptions(batch_size=8),
+                                            log=lambda m: None,
+                                            case_visuals=write_evaluation_case_visuals if save_viz else None)
                 runs["folder"] = out
             runs[name] = median_seconds(run_once, args.eval_repeats)
         n_samples = sum(1 for r in runs["document"]["records"] if r["method"] == "model")

@@ -223,7 +223,7 @@ def cmd_check_release(args) -> int:
     require_encoder(args.config_dir)
     load_manifest(args.data_root)  # before torch: a wrong path is one line at once
     from .train.release_check import check_release, report
-    from .train.trainer import resolve_device
+    from .devices import resolve_device
 
     device = str(resolve_device(args.device))
     result = check_release(args.config_dir, args.data_root, args.cases or None, device=device)
@@ -298,16 +298,20 @@ def cmd_eval(args) -> int:
         load_manifest(args.train_cache)
     preflight.output_folder(args.output_dir, "--output_dir")
     from .eval.runner import EvalOptions, evaluate, summary_table
-    from .train.trainer import resolve_device
+    from .devices import resolve_device
 
     device = resolve_device(args.device)
     options = EvalOptions(policy=args.policy, steps=args.steps, guidance=args.guidance, samples=args.samples,
                           seed=args.seed, batch_size=args.batch_size, train_cache=args.train_cache,
-                          max_cases=args.max_cases, save_viz=args.save_viz,
+                          max_cases=args.max_cases,
                           input_slice_constraint=not args.no_slice_constraint, pose_fit=not args.no_pose_fit,
                           nsd_definition=args.nsd_definition, unet_checkpoint=unet_checkpoint,
                           class_unions=class_unions or None)
-    document = evaluate(args.checkpoint, args.data_root, args.output_dir, options, device=str(device))
+    case_visuals = None
+    if args.save_viz:  # the figures are viz's: handed to the evaluation, which does not draw
+        from .viz.comparison import write_evaluation_case_visuals as case_visuals
+    document = evaluate(args.checkpoint, args.data_root, args.output_dir, options, device=str(device),
+                        case_visuals=case_visuals)
     print(summary_table(document))
     for warning in document["warnings"]:  # again after the table: it changes how the table reads
         print(f"WARNING: {warning}", file=sys.stderr)
@@ -397,15 +401,12 @@ def check_inference_arguments(args) -> None:
 
 def load_for_inference(args) -> dict:
     """Model, sampler (the checkpoint's validation settings unless overridden), crop size, device."""
-    from .train.trainer import load_model_from_checkpoint, resolve_device, sampler_settings
+    from .devices import resolve_device
+    from .model.trained import TrainedModel
 
-    device = resolve_device(args.device)
-    model, payload = load_model_from_checkpoint(args.checkpoint, device)
-    config = payload["config"]
-    return {"model": model, "sampler": sampler_settings(model.cfg.sampler, config.get("validation", {}), args.steps,
-                                                        args.guidance, args.samples),
-            "crop_size": int(config["data"]["preprocess_crop_size"][0]), "seed": args.seed, "device": str(device),
-            "frame": config["data"].get("target_frame", "volume"), "input_slice": not args.no_slice_constraint,
+    trained = TrainedModel.load(args.checkpoint, resolve_device(args.device), args.steps, args.guidance, args.samples)
+    return {"model": trained.model, "sampler": trained.sampler, "crop_size": trained.crop_size, "seed": args.seed,
+            "device": trained.device, "frame": trained.frame, "input_slice": not args.no_slice_constraint,
             "pose_fit": not args.no_pose_fit}  # used only with the input slice (reconstruct_logits)
 
 

@@ -258,3 +258,21 @@ def test_a_unet_baseline_is_a_row_of_every_output(trained, cache_dir, tmp_path):
     for wrong, message in ((trained / "ckpt" / "best.pt", "U-Net"), (tmp_path / "none.pt", "does not exist")):
         bad = subprocess.run(args[:-1] + [f"unet={wrong}"], capture_output=True, text=True, timeout=300)
         assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
+
+
+def test_a_metric_added_to_the_table_reaches_every_output(trained, tmp_path, monkeypatch):
+    from sam3d_med.eval import metrics
+    from sam3d_med.eval.runner import summary_table
+    from sam3d_med.viz.report import build_report
+
+    volume_ratio = metrics.Metric("volume_ratio", "VolRatio", "", True, "mean", 0.0, lambda p: p.n_pred / p.n_truth)
+    monkeypatch.setattr(metrics, "METRICS", metrics.METRICS + [volume_ratio])
+    out = tmp_path / "results"
+    document = evaluate(trained / "ckpt" / "best.pt", trained / "test_cache", out, EvalOptions(steps=1, max_cases=1),
+                        log=lambda m: None)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert all(r["volume_ratio"] > 0 for r in saved["records"])
+    assert saved["summary"]["extrude"]["overall"]["volume_ratio"]["count"] == 5 * 2  # classes x cached axes
+    assert "volume_ratio" in (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "model VolRatio" in summary_table(document).splitlines()[0]
+    assert "VolRatio (mean)" in build_report(out)

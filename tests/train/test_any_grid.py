@@ -11,6 +11,7 @@ from sam3d_med.data.phantom import write_phantom_dataset
 from sam3d_med.data.dataset import SliceClassDataset
 from sam3d_med.data.preprocess import PreprocessOptions, load_manifest, run_preprocess
 from sam3d_med.eval.runner import EvalOptions, evaluate
+from sam3d_med.viz.comparison import write_evaluation_case_visuals
 from sam3d_med.io.nifti import save_volume
 from sam3d_med.train.trainer import train
 from sam3d_med.viz.finetuned import export_slice_png
@@ -40,8 +41,8 @@ def test_train_evaluate_and_predict_on_a_grid_that_is_not_64_cubed(odd_grid_cach
     cfg = make_config(QUICK + [f"data.slice_cache_dir={cache}", f"training.checkpoint_dir={tmp_path / 'ckpt'}",
                                "training.epochs=1", "training.batch_size=4"])
     assert train(cfg, tmp_path / "run")["status"] == "completed"
-    document = evaluate(tmp_path / "ckpt" / "best.pt", cache, tmp_path / "eval", EvalOptions(steps=2, max_cases=1,
-                        save_viz=True), log=lambda m: None)
+    document = evaluate(tmp_path / "ckpt" / "best.pt", cache, tmp_path / "eval", EvalOptions(steps=2, max_cases=1),
+                        log=lambda m: None, case_visuals=write_evaluation_case_visuals)
     records = [r for r in document["records"] if r["method"] == "model"]
     assert len(records) == 15 and all(np.isfinite(r["dice"]) for r in records)
     assert (tmp_path / "eval" / "visualizations" / "s0001.png").is_file()
@@ -79,8 +80,8 @@ def test_volume_frame_train_evaluate_predict_and_visualize_on_a_grid_that_is_not
     cfg = make_config(QUICK + [f"data.slice_cache_dir={cache}", "data.target_frame=volume",
                                f"training.checkpoint_dir={tmp_path / 'ckpt'}", "training.epochs=1"])
     assert train(cfg, tmp_path / "run")["status"] == "completed"
-    document = evaluate(tmp_path / "ckpt" / "best.pt", cache, tmp_path / "eval", EvalOptions(steps=2, max_cases=1,
-                        save_viz=True), log=lambda m: None)
+    document = evaluate(tmp_path / "ckpt" / "best.pt", cache, tmp_path / "eval", EvalOptions(steps=2, max_cases=1),
+                        log=lambda m: None, case_visuals=write_evaluation_case_visuals)
     records = [r for r in document["records"] if r["method"] == "model"]
     assert len(records) == 15 and all(np.isfinite(r["dice"]) for r in records)
     # the baselines are scored on the case's own grid, as in the object frame

@@ -17,6 +17,7 @@ from sam3d_med.errors import InputError
 from sam3d_med.eval.metrics import segmentation_metrics
 from sam3d_med.eval.predict import predict_volume
 from sam3d_med.eval.runner import EvalOptions, evaluate
+from sam3d_med.viz.comparison import write_evaluation_case_visuals
 from sam3d_med.train.trainer import load_model_from_checkpoint
 from sam3d_med.viz.finetuned import export_slice_png, reconstruct_from_png
 from sam3d_med.viz.report import write_report
@@ -145,7 +146,7 @@ def test_visualize_finetuned_tutorial_command(trained, scan, tmp_path):
 def evaluation(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluation")
     evaluate(trained / "ckpt" / "best.pt", trained / "test_cache", out,
-             EvalOptions(batch_size=8, steps=2, save_viz=True), log=lambda m: None)
+             EvalOptions(batch_size=8, steps=2), log=lambda m: None, case_visuals=write_evaluation_case_visuals)
     return out
 
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -95,38 +97,104 @@ def surface_dice_by_area(pred: np.ndarray, truth: np.ndarray, spacing_mm, tolera
             for tol in tolerances_mm]
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One metric of the evaluation: every writer (records, metrics.json summaries, metrics.csv, the
+    console table, the HTML report) iterates the table of these, so a metric is added in one place.
+
+    ``key``: its name in records, JSON and CSV; ``column``: its short heading; ``unit``: "" (a fraction)
+    or "mm"; ``higher_is_better``; ``statistic``: the summary tables show ("mean" or "median");
+    ``when_one_empty``: its value when exactly one mask is empty (both empty: NaN, always);
+    ``compute(pair)``: its value from a ``MaskPair`` (both masks non-empty); ``console`` / ``report``:
+    whether the console table / the report's comparison shows it."""
+
+    key: str
+    column: str
+    unit: str
+    higher_is_better: bool
+    statistic: str
+    when_one_empty: float
+    compute: Callable[["MaskPair"], float]
+    console: bool = True
+    report: bool = True
+
+
+class MaskPair:
+    """A prediction and its truth (both non-empty) cropped to their union's bounding box (one voxel of
+    margin keeps the erosion's neighbourhood, so no value changes), with the surface distances the
+    metrics share computed once."""
+
+    def __init__(self, pred: np.ndarray, truth: np.ndarray, spacing_mm, nsd_tolerances_mm, nsd_definition: str):
+        self.n_pred, self.n_truth = int(pred.sum()), int(truth.sum())
+        self.overlap = int(np.count_nonzero(pred & truth))
+        box = bounding_box(pred | truth, margin=1)
+        self.pred, self.truth = pred[box], truth[box]
+        self.spacing_mm, self.tolerances, self.definition = spacing_mm, tuple(nsd_tolerances_mm), nsd_definition
+
+    @functools.cached_property
+    def distances_mm(self) -> tuple[np.ndarray, np.ndarray]:
+        """Directed boundary distances: prediction -> truth, truth -> prediction (mm)."""
+        return (directed_distances_mm(self.pred, self.truth, self.spacing_mm),
+                directed_distances_mm(self.truth, self.pred, self.spacing_mm))
+
+    @functools.cached_property
+    def surface_dice(self) -> dict[float, float]:
+        """NSD at every tolerance by ``definition`` (module doc)."""
+        if self.definition == "surface_area":
+            values = surface_dice_by_area(self.pred, self.truth, self.spacing_mm, self.tolerances)
+        else:
+            d_pred, d_truth = self.distances_mm
+            values = [float((np.count_nonzero(d_pred <= tol) + np.count_nonzero(d_truth <= tol)) /
+                            (d_pred.size + d_truth.size)) for tol in self.tolerances]
+        return dict(zip(self.tolerances, values))
+
+
+def _hd95(pair: MaskPair) -> float:
+    d_pred, d_truth = pair.distances_mm
+    return float(max(np.percentile(d_pred, 95), np.percentile(d_truth, 95)))
+
+
+def _chamfer(pair: MaskPair) -> float:
+    d_pred, d_truth = pair.distances_mm
+    return float((d_pred.mean() + d_truth.mean()) / 2.0)
+
+
+# The table (module doc for each definition); Surface Dice's entries come per tolerance (``metric_table``).
+METRICS: list[Metric] = [
+    Metric("dice", "Dice", "", True, "mean", 0.0, lambda p: 2.0 * p.overlap / (p.n_pred + p.n_truth)),
+    Metric("hd95_mm", "HD95", "mm", False, "median", math.inf, _hd95),
+    Metric("chamfer_mm", "Chamfer", "mm", False, "median", math.inf, _chamfer, console=False),
+]
+NSD_IN_REPORT_MM = 3.0  # the report's comparison shows Surface Dice at this tolerance (all are in the files)
+
+
+def surface_dice_metric(tolerance_mm: float) -> Metric:
+    return Metric(f"nsd_{tolerance_mm:g}mm", f"NSD@{tolerance_mm:g}mm", "", True, "mean", 0.0,
+                  lambda p: p.surface_dice[tolerance_mm], console=False, report=tolerance_mm == NSD_IN_REPORT_MM)
+
+
+def metric_table(nsd_tolerances_mm=DEFAULT_NSD_TOLERANCES_MM) -> list[Metric]:
+    """The metrics of an evaluation, in order: Dice, HD95, Chamfer, NSD at each tolerance, then any
+    further entry of ``METRICS``."""
+    return METRICS[:3] + [surface_dice_metric(float(t)) for t in nsd_tolerances_mm] + METRICS[3:]
+
+
 def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing_mm,
                          nsd_tolerances_mm=DEFAULT_NSD_TOLERANCES_MM,
                          nsd_definition: str = "surface_area") -> dict[str, float]:
-    """Dice, HD95 (mm), Chamfer (mm) and NSD at each tolerance (by ``nsd_definition``, module doc)
-    for one structure."""
+    """Every metric of ``metric_table`` for one structure: Dice, HD95 (mm), Chamfer (mm), NSD at each
+    tolerance (by ``nsd_definition``, module doc), ...; empty masks as the module doc says."""
     if nsd_definition not in NSD_DEFINITIONS:
         raise ValueError(f"nsd_definition must be one of {NSD_DEFINITIONS}")
     pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
-    names = ["dice", "hd95_mm", "chamfer_mm"] + [f"nsd_{t:g}mm" for t in nsd_tolerances_mm]
-    n_pred, n_truth = int(pred.sum()), int(truth.sum())
-    if n_pred == 0 and n_truth == 0:
-        return {name: math.nan for name in names}
-    if n_pred == 0 or n_truth == 0:
-        out = {name: 0.0 for name in names}
-        out["hd95_mm"] = out["chamfer_mm"] = math.inf
-        return out
-    out = {"dice": 2.0 * np.count_nonzero(pred & truth) / (n_pred + n_truth)}
-    # Distances only involve boundary voxels, all inside the union's bounding box; one voxel of margin
-    # keeps the erosion's neighbourhood, so cropping changes no value and saves most of the work.
-    box = bounding_box(pred | truth, margin=1)
-    pred, truth = pred[box], truth[box]
-    d_pred = directed_distances_mm(pred, truth, spacing_mm)
-    d_truth = directed_distances_mm(truth, pred, spacing_mm)
-    out["hd95_mm"] = float(max(np.percentile(d_pred, 95), np.percentile(d_truth, 95)))
-    out["chamfer_mm"] = float((d_pred.mean() + d_truth.mean()) / 2.0)
-    if nsd_definition == "surface_area":
-        nsd = surface_dice_by_area(pred, truth, spacing_mm, nsd_tolerances_mm)
-    else:
-        nsd = [float((np.count_nonzero(d_pred <= tol) + np.count_nonzero(d_truth <= tol)) / (d_pred.size + d_truth.size))
-               for tol in nsd_tolerances_mm]
-    out.update({f"nsd_{tol:g}mm": value for tol, value in zip(nsd_tolerances_mm, nsd)})
-    return out
+    table = metric_table(nsd_tolerances_mm)
+    has_pred, has_truth = bool(pred.any()), bool(truth.any())
+    if not has_pred and not has_truth:
+        return {m.key: math.nan for m in table}
+    if not has_pred or not has_truth:
+        return {m.key: m.when_one_empty for m in table}
+    pair = MaskPair(pred, truth, spacing_mm, nsd_tolerances_mm, nsd_definition)
+    return {m.key: float(m.compute(pair)) for m in table}
 
 
 def summarize(values: list[float]) -> dict:

@@ -46,23 +46,7 @@ from ..io.atomic import atomic_path, atomic_write_text
 from ..io.nifti import Volume, label_on_image_grid, load_volume, save_volume, voxel_spacing_mm
 from ..preflight import absent_class_error
 from ..model.placement import SLICE_LOGIT, grid_points_mm, impose_input_slice, mean_of_draws_at, reconstruct_on_grid
-from ..viz.slices import from_display
-
-
-def read_mask_png(path: Path, shape_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """A mask PNG -> bool [rows, columns]: pixels above half the image's maximum (any channel)."""
-    import matplotlib.image as mpimg
-
-    try:
-        pixels = mpimg.imread(str(path))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"{path}: cannot read mask image ({type(exc).__name__})") from None
-    if pixels.ndim == 3:
-        pixels = pixels[..., :3].max(axis=-1)
-    if shape_hw is not None and pixels.shape != shape_hw:
-        raise InputError(f"{path}: mask is {pixels.shape[0]}x{pixels.shape[1]} pixels, the slice is "
-                         f"{shape_hw[0]}x{shape_hw[1]} (rows x columns, display orientation)")
-    return pixels > 0.5 * pixels.max() if pixels.max() > 0 else pixels > 0
+from ..io.png import from_display, read_mask_png
 
 
 def canonical_resampled(volume: Volume, spacing_mm: float, order: int) -> Volume:

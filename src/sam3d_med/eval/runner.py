@@ -22,8 +22,9 @@ only when ``class_unions`` names the training classes it is the union of: the mo
 the baselines from the union's occupancy and extent, the U-Net with those classes' inputs on; other
 unknown classes are refused (before any is scored).
 Results per case go to ``cases/<id>.json`` as soon as the case is scored, so a re-run skips cases
-already scored with the same protocol; ``metrics.json`` and ``metrics.csv`` are written at the end.
-With ``save_viz``, each case also gets ``visualizations/<id>.png`` (input, truth, prediction and
+already scored with the same protocol; ``metrics.json`` and ``metrics.csv`` are written at the end
+(``layout``: where each file goes). With a ``case_visuals`` writer (the command line's ``--save_viz``
+hands it ``viz.comparison.write_evaluation_case_visuals``), each case also gets ``visualizations/<id>.png`` (input, truth, prediction and
 error over slices along every axis; each class as reconstructed from its axial slice) and
 ``visualizations/<id>_volumes.npz`` (per-class logits, true labels, affine), from which the HTML
 report draws predicted and true surfaces.
@@ -46,17 +47,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from ..data.dataset import (POLICIES, SliceClassDataset, cached_case_volumes, choose_slices, collate_samples,
+from ..data.dataset import (POLICIES, SliceClassDataset, choose_slices, collate_samples,
                             load_manifest, split_cases)
 from ..data.preprocess import case_fingerprint
 from ..data.geometry import bounding_box
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_json, atomic_write_text
-from ..model.checkpoint import tensors_digest
 from ..model.placement import SLICE_LOGIT, grid_points_mm, impose_input_slice, reconstruct_on_grid
-from ..train.losses import CONDITION_KEYS
-from ..train.trainer import load_model_from_checkpoint, sampler_settings
-from .metrics import DEFAULT_NSD_TOLERANCES_MM, NSD_DEFINITIONS, segmentation_metrics, summarize
+from ..model.sam3d import CONDITION_INPUTS
+from ..model.trained import TrainedModel, sampler_settings
+from .layout import CASES_DIR, METRICS_CSV, METRICS_JSON, VIZ_DIR, case_figure_path, case_record_path
+from .metrics import DEFAULT_NSD_TOLERANCES_MM, NSD_DEFINITIONS, metric_table, segmentation_metrics, summarize
 
 NSD_DESCRIPTIONS = {
     "surface_area": "surface_area: surface elements weighted by area, the reference definition (Nikolov et al.; "
@@ -67,19 +68,6 @@ assert set(NSD_DESCRIPTIONS) == set(NSD_DEFINITIONS)
 
 METHODS = ("model", "mean_shape", "extrude")  # always scored; "unet" too when a U-Net checkpoint is given
 UNET_METHOD = "unet"
-VIZ_DIR = "visualizations"
-
-
-def case_figure_path(viz_dir: Path, case_id: str) -> Path:
-    """A case's comparison grid in ``VIZ_DIR`` (written with ``save_viz``, embedded by the report)."""
-    return Path(viz_dir) / f"{case_id}.png"
-
-
-def case_volumes_path(viz_dir: Path, case_id: str) -> Path:
-    """A case's compact volumes in ``VIZ_DIR``, from which the report draws its surfaces."""
-    return Path(viz_dir) / f"{case_id}_volumes.npz"
-
-
 @dataclasses.dataclass
 class EvalOptions:
     policy: str = "max_area"
@@ -92,7 +80,6 @@ class EvalOptions:
     nsd_definition: str = "surface_area"  # the reference definition; "boundary_voxels": MONAI's default count
     train_cache: str | None = None  # default: the training cache named in the checkpoint
     max_cases: int | None = None
-    save_viz: bool = False  # per-case comparison grid + surfaces in visualizations/ (the report shows them)
     input_slice_constraint: bool = True  # the prediction on the input plane is the input mask
     pose_fit: bool = True  # object frame: the pose is fitted to the input slice's mask (``model.placement``)
     unet_checkpoint: str | None = None  # a third baseline: a 3-D U-Net trained on the training cache
@@ -190,22 +177,26 @@ def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: str, weight
 
 
 def evaluate(checkpoint: str | Path, data_root: str | Path, output_dir: str | Path, options: EvalOptions,
-             device: str = "cpu", log=lambda m: print(m, file=sys.stderr)) -> dict:
-    """Evaluate a training checkpoint (its model, settings and training cache) on a test cache."""
-    model, payload = load_model_from_checkpoint(checkpoint, device)
+             device: str = "cpu", log=lambda m: print(m, file=sys.stderr), case_visuals=None) -> dict:
+    """Evaluate a training checkpoint (its model, settings and training cache) on a test cache;
+    ``case_visuals``: as ``evaluate_model``'s."""
+    trained = TrainedModel.load(checkpoint, device)
     # the weights themselves, not the file's path, decide whether scored cases can be reused: a run
     # retrained into the same best.pt is scored anew
-    weights = {"base": payload["base_identity"], "trained_sha256": tensors_digest(payload["trained_state"])}
-    return evaluate_model(model, payload["config"], str(checkpoint), data_root, output_dir, options, device, log,
-                          weights=weights)
+    return evaluate_model(trained.model, trained.config, str(checkpoint), data_root, output_dir, options, device, log,
+                          weights=trained.weights, case_visuals=case_visuals)
 
 
 def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_dir: str | Path, options: EvalOptions,
-                   device: str = "cpu", log=lambda m: print(m, file=sys.stderr), weights: dict | None = None) -> dict:
+                   device: str = "cpu", log=lambda m: print(m, file=sys.stderr), weights: dict | None = None,
+                   case_visuals=None) -> dict:
     """Evaluate ``model`` (eval mode, on ``device``) as configured by ``cfg`` (a resolved training
     config: target frame, crop size, validation sampler, training cache and split for the
     baselines); ``source`` names it in the protocol (a checkpoint's path, or a base's folder) and
-    ``weights`` identifies its weights there (cases scored with other weights are scored again)."""
+    ``weights`` identifies its weights there (cases scored with other weights are scored again).
+    ``case_visuals(data_root, case, viz_dir, axis, logits, slices, class_names, records)``, when given,
+    writes a case's figures from each class's logits reconstructed from its slice along ``axis``
+    (``slices``: class -> slice index); a case scored before without its figure is scored again."""
     from tqdm import tqdm
 
     data_root, output_dir = Path(data_root), Path(output_dir)
@@ -239,15 +230,15 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
     cases = manifest["cases"][: options.max_cases] if options.max_cases else manifest["cases"]
     axes = manifest["options"]["axes"]
     crop = tuple(cfg["data"]["preprocess_crop_size"])
-    cases_dir = output_dir / "cases"
+    cases_dir = output_dir / CASES_DIR
     cases_dir.mkdir(parents=True, exist_ok=True)
     records = []
     todo = []
     viz_dir = output_dir / VIZ_DIR
     viz_axis = 2 if 2 in axes else axes[-1]  # figures show the reconstructions from axial slices when cached
     for case in cases:
-        done_path = cases_dir / f"{case['case_id']}.json"
-        figure_missing = options.save_viz and not case_figure_path(viz_dir, case["case_id"]).is_file()
+        done_path = case_record_path(output_dir, case["case_id"])
+        figure_missing = case_visuals is not None and not case_figure_path(viz_dir, case["case_id"]).is_file()
         if done_path.is_file() and not figure_missing:
             done = json.loads(done_path.read_text())
             if done.get("protocol_id") == protocol["id"]:
@@ -268,7 +259,7 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
         viz_logits, viz_slices = {}, {}
         position = 0
         for batch in loader:
-            inputs = {k: batch[k].to(device) for k in (*CONDITION_KEYS, "pointmap_shift", "pointmap_scale")}
+            inputs = {k: batch[k].to(device) for k in (*CONDITION_INPUTS, "pointmap_shift", "pointmap_scale")}
             # one input plane per sample: planes of different axes differ in size on a non-cubic grid
             planes = [batch["occupancy"][b, 0].select(int(a), int(i)) for b, (a, i)
                       in enumerate(zip(batch["axis"], batch["slice_idx"]))]
@@ -289,7 +280,7 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                     window = dataset.windows[case["case_id"]]
                     truth = window.put_back(truth, False)
                     model_logits = window.put_back(model_logits, -SLICE_LOGIT)
-                if options.save_viz and entry["axis"] == viz_axis:
+                if case_visuals is not None and entry["axis"] == viz_axis:
                     viz_logits[cls] = model_logits
                     viz_slices[cls] = entry["slice_idx"]
                 predictions = {"model": model_logits > 0,
@@ -302,9 +293,10 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                                          "axis": entry["axis"], "slice_idx": entry["slice_idx"], "method": method,
                                          **segmentation_metrics(pred, truth, spacing, options.nsd_tolerances_mm,
                                                               options.nsd_definition)})
-        if options.save_viz:
-            _case_visuals(data_root, case, viz_dir, viz_axis, viz_logits, viz_slices, names, case_records)
-        atomic_write_json(cases_dir / f"{case['case_id']}.json", {"protocol_id": protocol["id"], "records": case_records})
+        if case_visuals is not None and viz_logits:
+            case_visuals(data_root, case, viz_dir, viz_axis, viz_logits, viz_slices, names, case_records)
+        atomic_write_json(case_record_path(output_dir, case["case_id"]), {"protocol_id": protocol["id"],
+                                                                          "records": case_records})
         records += case_records
     return write_reports(records, output_dir, protocol, names, options, warnings)
 
@@ -343,26 +335,6 @@ def unet_predictions(unet, data_root: Path, case: dict, samples: list, groups: d
         return unet.predict_logits(torch.from_numpy(inputs).to(unet.device)).float().cpu().numpy()
 
 
-def _case_visuals(data_root: Path, case: dict, viz_dir: Path, axis: int, logits: dict, slices: dict, names: dict,
-                  records: list[dict]) -> None:
-    """The case's comparison grid (``<case>.png``) and the volumes the report draws its surfaces from
-    (``<case>_volumes.npz``): each class as reconstructed from its chosen slice along ``axis``."""
-    from ..viz.comparison import only_classes, save_case_volumes, write_case_visuals
-    from ..viz.slices import view_name
-
-    if not logits:
-        return
-    image, labels, affine = cached_case_volumes(data_root, case)
-    labels = only_classes(labels, logits)
-    dice = {r["class_id"]: r["dice"] for r in records if r["method"] == "model" and r["axis"] == axis}
-    class_names = {c: names[str(c)] for c in logits}
-    title = (f"{case['case_id']}: each class reconstructed from its {view_name(affine, axis)} slice "
-             f"({'ijk'[axis]}): " + ", ".join(f"{class_names[c]} {slices[c]} (Dice {dice[c]:.2f})" for c in sorted(logits)))
-    write_case_visuals(case_figure_path(viz_dir, case["case_id"]), None, case["case_id"], image, affine, logits,
-                       class_names, true_labels_ijk=labels, title=title)
-    save_case_volumes(case_volumes_path(viz_dir, case["case_id"]), logits, labels, affine)
-
-
 def _installed(distribution: str) -> str:
     try:
         return importlib.metadata.version(distribution)
@@ -398,7 +370,7 @@ def leakage_warning(test_manifest: dict, train_manifest: dict) -> str | None:
 
 def write_reports(records: list[dict], output_dir: Path, protocol: dict, names: dict, options: EvalOptions,
                   warnings: list[str] | None = None) -> dict:
-    metric_names = ["dice", "hd95_mm", "chamfer_mm"] + [f"nsd_{t:g}mm" for t in options.nsd_tolerances_mm]
+    metric_names = [m.key for m in metric_table(options.nsd_tolerances_mm)]
     summary = {}
     for method in ("model", *protocol.get("baselines", METHODS[1:])):
         rows = [r for r in records if r["method"] == method]
@@ -410,13 +382,13 @@ def write_reports(records: list[dict], output_dir: Path, protocol: dict, names: 
                 "empty_mask_convention": "both empty: NaN; one empty: dice/nsd 0, hd95/chamfer inf; summaries leave NaN out "
                                          "(counted) and keep inf in (a failure: one makes the mean inf)",
                 "warnings": list(warnings or []), "summary": summary, "records": records}
-    atomic_write_json(output_dir / "metrics.json", json_safe(document))
+    atomic_write_json(output_dir / METRICS_JSON, json_safe(document))
     buffer = io.StringIO()
     fields = ["case_id", "class_id", "class_name", "axis", "slice_idx", "method"] + metric_names
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(records)
-    atomic_write_text(output_dir / "metrics.csv", buffer.getvalue())
+    atomic_write_text(output_dir / METRICS_CSV, buffer.getvalue())
     return document
 
 
@@ -435,12 +407,14 @@ def summary_table(document: dict) -> str:
     """Dice mean and HD95 median per class, model beside the baselines (inf counts where there are)."""
     per_method = document["summary"]
     methods = list(per_method)
-    lines = [f"{'class':<18}" + "".join(f"{m + ' Dice':>17}{m + ' HD95':>17}" for m in methods)]
+    shown = [m for m in metric_table(()) if m.console]  # the table's console metrics (no NSD among them)
+    lines = [f"{'class':<18}" + "".join(f"{method + ' ' + m.column:>17}" for method in methods for m in shown)]
     classes = list(per_method["model"]["per_class"])
     for name in classes + ["(all)"]:
         cells = []
         for method in methods:
             stats = per_method[method]["overall"] if name == "(all)" else per_method[method]["per_class"][name]
-            cells.append(f"{stats['dice']['mean']:>17.3f}{distance_cell(stats['hd95_mm']):>17}")
+            cells += [f"{distance_cell(stats[m.key]):>17}" if m.unit == "mm" else f"{stats[m.key][m.statistic]:>17.3f}"
+                      for m in shown]
         lines.append(f"{name:<18}" + "".join(cells))
     return "\n".join(lines)

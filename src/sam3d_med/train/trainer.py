@@ -12,12 +12,10 @@ checkpoint made from other base weights or other model sizes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
 import random
-import re
 import signal
 import time
 from dataclasses import asdict, replace
@@ -29,51 +27,26 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from ..data.dataset import (POLICIES, Augmentation, SliceClassDataset, check_frame, choose_slices, collate_samples,
+from ..data.dataset import (POLICIES, Augmentation, SliceClassDataset, choose_slices, collate_samples,
                             load_manifest, split_cases)
-from ..data.occupancy import check_occupancy
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path
-from ..model.checkpoint import build_from_folder
-from ..model.lora import LoraSettings, apply_lora, trainable_parameters
 from ..model.placement import grid_points_of_affines, impose_input_slice, reconstruct_on_grid
-from ..model.release_files import component_files, require_weights_folder
 from ..model.sam3d import SparseStructureModel
+from ..devices import resolve_device  # noqa: F401 (callers import it from here)
+from ..model.trained import (CHECKPOINT_FORMAT, build_model, configure_trainable, load_model_from_checkpoint,  # noqa: F401
+                             load_trained_state, occupancy_setting, read_training_checkpoint, sampler_settings,
+                             save_training_checkpoint, target_frame, trained_state)
 from ..runtime import keep_freed_memory_for_reuse
 from .latent_targets import InversionSettings, ensure_latent_targets, resolve_source, round_trip_summary
 from .losses import LossWeights, TrainingObjective, dice
 from .memory import SAFETY, GiB, estimate_training_memory, synthetic_batch
 
 log = logging.getLogger("sam3d_med.train")
-CHECKPOINT_FORMAT = "sam3d-med-train-1"
 LOW_ROUND_TRIP_DICE = 0.8  # below this mean round trip for a class, the log warns
 
 
-# ----------------------------------------------------------------------------- devices and ranks
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` (CUDA when there is a GPU, else the CPU, said in the log), ``cpu``, ``cuda`` (this
-    process's GPU: ``local_rank``) or ``cuda:N``; asking for a GPU that is not there is one line naming
-    the GPUs there are."""
-    if name == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-        log.info("device=auto picked %s%s", device, "" if device.type == "cuda" else " (no CUDA device visible)")
-        return device
-    if name == "cpu":
-        return torch.device("cpu")
-    match = re.fullmatch(r"cuda(?::(\d+))?", str(name))
-    if not match:
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N (got {name!r})")
-    index = int(match.group(1)) if match.group(1) is not None else local_rank
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if index >= count:
-        there = ", ".join(f"{i} ({torch.cuda.get_device_name(i)})" for i in range(count)) or "none"
-        raise ConfigError(f"device={name}: there is no CUDA GPU {index}; GPUs visible here: {there}"
-                          + (f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']})"
-                             if "CUDA_VISIBLE_DEVICES" in os.environ else "")
-                          + ("" if count else "; use device=cpu or device=auto"))
-    return torch.device(f"cuda:{index}")
-
-
+# ----------------------------------------------------------------------------- ranks
 class Ranks:
     """Distributed context from torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK)."""
 
@@ -103,31 +76,6 @@ class Ranks:
 
 
 # ----------------------------------------------------------------------------- model and weights
-def _file_fingerprint(path: Path) -> dict:
-    """Size and SHA-256 of the first 8 MiB: identifies a multi-GB file without reading it all."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        digest.update(fh.read(8 << 20))
-    return {"size": path.stat().st_size, "sha256_head": digest.hexdigest()}
-
-
-def build_model(cfg: DictConfig) -> tuple[SparseStructureModel, dict]:
-    """The model and the identity of its base weights."""
-    preset = cfg.model.preset
-    if cfg.model.get("checkpoint_dir"):
-        folder = require_weights_folder(cfg.model.checkpoint_dir)
-        model = build_from_folder(folder, preset=preset, log=log.info)
-        names = [files[1] for files in component_files(folder).values()]
-        identity = {"kind": "official", "files": {name: _file_fingerprint(folder / name) if (folder / name).is_file()
-                                                  else "absent" for name in names}}
-    else:
-        torch.manual_seed(int(cfg.model.get("init_seed", 0)))
-        model = SparseStructureModel.from_preset(preset)
-        identity = {"kind": "random-init", "preset": preset, "init_seed": int(cfg.model.get("init_seed", 0))}
-    model.occupancy = occupancy_setting(cfg)
-    return model, identity
-
-
 def place_on_device(model: SparseStructureModel, cfg: DictConfig, device: torch.device, frame: str) -> bool:
     """Move the configured model (adapters applied) to ``device`` as it will train; returns whether
     gradient checkpointing is on.
@@ -187,96 +135,7 @@ def loss_weights(cfg: DictConfig) -> LossWeights:
     return LossWeights(**{k: type(v)(cfg.loss[k]) for k, v in asdict(LossWeights()).items()})
 
 
-def configure_trainable(model: SparseStructureModel, cfg: DictConfig, quiet: bool = False) -> None:
-    if cfg.training.train_base:
-        model.requires_grad_(True)
-        for name, param in model.named_parameters():
-            if name.endswith("backbone.mask_token"):  # DINOv2's masked-image token: never used here
-                param.requires_grad_(False)
-        if cfg.lora.enabled:
-            raise ConfigError("training.train_base=true trains the whole model: set lora.enabled=false with it")
-        return
-    if not cfg.lora.enabled:
-        raise ConfigError("nothing to train: enable lora (lora.enabled=true) or set training.train_base=true")
-    settings = LoraSettings(rank=int(cfg.lora.rank), alpha=float(cfg.lora.alpha), dropout=float(cfg.lora.dropout),
-                            targets=tuple(cfg.lora.targets), include_mlp=bool(cfg.lora.include_mlp),
-                            trainable_modules=tuple(cfg.lora.trainable_modules))
-    adapted = apply_lora(model, settings)
-    if not quiet:
-        log.info("LoRA rank %d on %d layers; %d trainable parameters", settings.rank, len(adapted),
-                 sum(p.numel() for p in trainable_parameters(model).values()))
-
-
-def trained_state(model: SparseStructureModel, cfg: DictConfig) -> dict[str, torch.Tensor]:
-    """What a checkpoint must hold beyond the base weights (all of it when the base is trained)."""
-    if cfg.training.train_base:
-        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {k: v.detach().cpu().clone() for k, v in trainable_parameters(model).items()}
-
-
-def load_trained_state(model: SparseStructureModel, state: dict[str, torch.Tensor], path) -> None:
-    """Load a checkpoint's trained weights; a checkpoint of another kind of run is one line saying
-    which and what to do (never PyTorch's key-by-key dump)."""
-    adapters_in_model = any("lora_" in k for k in model.state_dict())
-    adapters_in_file = any("lora_" in k for k in state)
-    if adapters_in_file and not adapters_in_model:
-        raise ConfigError(f"{path}: holds LoRA adapters (trained with lora.enabled=true) and this run's model has "
-                          f"none: resume with lora.enabled=true training.train_base=false and the same lora.rank")
-    if adapters_in_model and not adapters_in_file:
-        raise ConfigError(f"{path}: holds fully trained weights (training.train_base=true, no LoRA) and this run adds "
-                          f"LoRA adapters: resume with training.train_base=true lora.enabled=false, or start a new "
-                          f"LoRA run from the base weights")
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        mismatch = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
-        if not mismatch:
-            raise
-        what = "the LoRA rank (lora.rank)" if "lora_" in mismatch[0] else "the model sizes"
-        raise ConfigError(f"{path}: {len(mismatch)} weights have other shapes than in this run's model: {what} "
-                          f"differs (first: {mismatch[0][:200]})") from None
-    if result.unexpected_keys:
-        raise ConfigError(f"{path}: weights that this model does not have (first: {result.unexpected_keys[:3]})")
-
-
-def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[SparseStructureModel, dict]:
-    """The trained model of a training checkpoint (base weights rebuilt as configured, adapters or
-    trained weights loaded), in eval mode, and the checkpoint's payload."""
-    payload = read_training_checkpoint(path)
-    cfg = OmegaConf.create(payload["config"])
-    model, identity = build_model(cfg)
-    if identity != payload["base_identity"]:
-        raise ConfigError(f"{path}: its base weights ({payload['base_identity']}) are not the ones found now ({identity})")
-    configure_trainable(model, cfg)
-    load_trained_state(model, payload["trained_state"], path)
-    return model.to(device).eval(), payload
-
-
 # ----------------------------------------------------------------------------- checkpoint files
-def save_training_checkpoint(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def read_training_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint file does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a damaged file
-        import zipfile
-
-        what = ("the file is truncated or damaged (not a complete PyTorch archive; an interrupted copy?)"
-                if not zipfile.is_zipfile(path) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"
-                if str(exc).strip() else type(exc).__name__)
-        raise InputError(f"{path}: unreadable checkpoint: {what}; copy it again, or use last.pt or an epoch_N.pt "
-                         f"beside it") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: not a sam3d-med training checkpoint")
-    return payload
-
-
 def rng_states() -> dict:
     states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -339,21 +198,6 @@ def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
-
-
-def sampler_settings(model_sampler, validation_cfg, steps: int | None = None, guidance: float | None = None,
-                     samples: int | None = None):
-    """The model's sampler, overridden by a run's ``validation`` settings (sampler_steps, cfg_strength,
-    eval_samples), then by explicit ``steps``/``guidance``/``samples``: what validation used is what
-    evaluation uses by default (except ``eval_samples``: validation itself samples once)."""
-    steps = steps or validation_cfg.get("sampler_steps") or model_sampler.steps
-    if guidance is None:
-        guidance = validation_cfg.get("cfg_strength")
-    samples = samples or validation_cfg.get("eval_samples") or model_sampler.samples
-    if int(samples) < 1:
-        raise ConfigError(f"the number of samples averaged must be at least 1 (got {samples})")
-    return replace(model_sampler, steps=int(steps), samples=int(samples),
-                   cfg_strength=float(model_sampler.cfg_strength if guidance is None else guidance))
 
 
 @torch.no_grad()
@@ -423,11 +267,6 @@ class GeneratorStart:
         return tokens_to_latent_cube(latents[SHAPE].float())
 
 
-def target_frame(cfg: DictConfig) -> str:
-    """The run's target frame (``data.target_frame``; a checkpoint from before it existed: volume)."""
-    return check_frame(str(cfg.data.get("target_frame", "volume")))
-
-
 def prepare_latent_targets(model: SparseStructureModel, cfg: DictConfig, manifest: dict, case_ids: list[str],
                            ranks: Ranks, identity: dict | None = None) -> Path | None:
     """Where the flow's shape targets come from (``latent_targets.source``, ``train.latent_targets``):
@@ -477,11 +316,6 @@ def prepare_latent_targets(model: SparseStructureModel, cfg: DictConfig, manifes
                         "%.3f): fine-tuning cannot do better than that through this decoder; more inversion steps "
                         "(latent_targets.steps) may help", worst)
     return folder
-
-
-def occupancy_setting(cfg: DictConfig) -> str:
-    """What the SS occupancy holds in this run (``data.occupancy``; runs from before it: solid)."""
-    return check_occupancy(str(cfg.data.get("occupancy", "solid")))
 
 
 def plot_curves(history: list[dict], path: Path) -> None:

@@ -72,7 +72,7 @@ def train_unet(train_cache, out_path, *, steps: int, batch_size: int, lr: float 
     from monai.losses import DiceLoss
     from tqdm import tqdm
 
-    from .trainer import resolve_device
+    from ..devices import resolve_device
 
     if int(steps) < 1 or int(batch_size) < 1:
         raise ConfigError(f"steps and batch_size must be at least 1 (got {steps}, {batch_size})")

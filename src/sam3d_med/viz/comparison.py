@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.dataset import cached_case_volumes
 from ..data.geometry import take_slice
 from ..data.preprocess import window_ct
 from ..data.surfaces import mask_surface_mesh, signed_distance_mm
 from ..errors import InputError
+from ..eval.layout import case_figure_path, case_volumes_path
 from ..eval.metrics import segmentation_metrics
 from ..eval.predict import (canonical_resampled, canonical_slice, load_matching_label,
                             reconstruct_logits, surface_of_logits, volume_frame_view, write_mesh)
@@ -163,3 +165,22 @@ def load_case_volumes(path: str | Path) -> tuple[dict[int, np.ndarray], np.ndarr
     logits = arrays["logits"]
     return ({int(c): logits[n].astype(np.float32) for n, c in enumerate(arrays["classes"])}, arrays["true_labels"],
             arrays["affine"])
+
+
+def write_evaluation_case_visuals(data_root: Path, case: dict, viz_dir: Path, axis: int, logits: dict, slices: dict,
+                                  names: dict, records: list[dict]) -> None:
+    """The evaluation's figures of one cached case (``eval.runner``'s ``case_visuals``): its comparison
+    grid (``layout.case_figure_path``) and the volumes the report draws its surfaces from
+    (``layout.case_volumes_path``), each class as reconstructed from its chosen slice along ``axis``
+    (``slices``: class -> slice index; ``logits``: class -> logits on the case's grid)."""
+    from .slices import view_name
+
+    image, labels, affine = cached_case_volumes(data_root, case)
+    labels = only_classes(labels, logits)
+    dice = {r["class_id"]: r["dice"] for r in records if r["method"] == "model" and r["axis"] == axis}
+    class_names = {c: names[str(c)] for c in logits}
+    title = (f"{case['case_id']}: each class reconstructed from its {view_name(affine, axis)} slice "
+             f"({'ijk'[axis]}): " + ", ".join(f"{class_names[c]} {slices[c]} (Dice {dice[c]:.2f})" for c in sorted(logits)))
+    write_case_visuals(case_figure_path(viz_dir, case["case_id"]), None, case["case_id"], image, affine, logits,
+                       class_names, true_labels_ijk=labels, title=title)
+    save_case_volumes(case_volumes_path(viz_dir, case["case_id"]), logits, labels, affine)

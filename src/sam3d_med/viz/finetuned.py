@@ -27,13 +27,14 @@ from ..data.geometry import take_slice
 from ..data.preprocess import CT_WINDOWS, window_ct
 from ..data.surfaces import voxel_volume_mm3
 from ..errors import InputError
-from ..eval.predict import (canonical_resampled, canonical_slice, load_matching_label, read_mask_png,
-                            reconstruct_logits, slice_model_inputs, surface_of_logits, write_mesh)
+from ..eval.predict import (canonical_resampled, canonical_slice, load_matching_label, reconstruct_logits,
+                            slice_model_inputs, surface_of_logits, write_mesh)
 from ..io.atomic import atomic_path, atomic_write_json
 from ..io.nifti import load_volume, save_volume
+from ..io.png import from_display, read_mask_png, to_display
 from .palette import class_colour, rgba_of_labels
 from .render import mesh_views_figure
-from .slices import comparison_figure, draw_slice, from_display, save_figure, to_display
+from .slices import comparison_figure, draw_slice, save_figure
 
 SOFT_TISSUE_WINDOW = CT_WINDOWS[0]
 

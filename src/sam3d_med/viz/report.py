@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..eval.runner import VIZ_DIR, case_figure_path, case_volumes_path
+from ..eval.layout import METRICS_JSON, VIZ_DIR, case_figure_path, case_volumes_path
+from ..eval.metrics import metric_table
 from ..io.atomic import atomic_write_text
 from .comparison import case_surfaces, load_case_volumes
 from .palette import class_colour_hex
@@ -30,9 +31,6 @@ from .palette import class_colour_hex
 METHOD_LABELS = {"model": "fine-tuned model", "mean_shape": "baseline: mean shape", "extrude": "baseline: extrude",
                  "unet": "baseline: 3-D U-Net"}
 METHOD_COLOURS = {"model": "#1f77b4", "mean_shape": "#7f7f7f", "extrude": "#bcbd22", "unet": "#d62728"}
-# (metric key, heading, summary statistic, higher is better)
-COMPARED = (("dice", "Dice (mean)", "mean", True), ("hd95_mm", "HD95 mm (median)", "median", False),
-            ("chamfer_mm", "Chamfer mm (median)", "median", False), ("nsd_3mm", "NSD@3 mm (mean)", "mean", True))
 
 
 def _number(value) -> float:
@@ -76,14 +74,18 @@ def _model_table(summary: dict, nsd_keys: list[str]) -> str:
     return _table(header, rows)
 
 
-def _comparison_table(summary: dict, methods: list[str]) -> str:
-    header = ["class"] + [f"{heading}<br><small>{METHOD_LABELS.get(m, m)}</small>" for _, heading, _, _ in COMPARED
-                          for m in methods]
+def _comparison_table(summary: dict, methods: list[str], nsd_tolerances_mm) -> str:
+    """Each method's summary of every metric the table puts in the report (``metrics.Metric.report``),
+    per class; the best of a row's methods in bold."""
+    compared = [m for m in metric_table(nsd_tolerances_mm) if m.report]
+    header = ["class"] + [f"{metric.column}{' ' + metric.unit if metric.unit else ''} ({metric.statistic})<br><small>"
+                          f"{METHOD_LABELS.get(m, m)}</small>" for metric in compared for m in methods]
     rows = []
     classes = list(summary[methods[0]]["per_class"])
     for name in classes + ["all classes"]:
         row = [html.escape(name)]
-        for key, _, statistic, higher_better in COMPARED:
+        for metric in compared:
+            key, statistic, higher_better = metric.key, metric.statistic, metric.higher_is_better
             stats = [(summary[m]["overall"] if name == "all classes" else summary[m]["per_class"][name])[key]
                      for m in methods]
             values = [_number(st[statistic]) for st in stats]
@@ -91,7 +93,7 @@ def _comparison_table(summary: dict, methods: list[str]) -> str:
             defined = [v for v in values if not math.isnan(v)]
             best = (max(defined) if higher_better else min(defined)) if defined else None
             best = best if best is not None and math.isfinite(best) else None
-            digits = 3 if key.startswith(("dice", "nsd")) else 1  # fractions vs millimetres
+            digits = 1 if metric.unit == "mm" else 3  # millimetres vs fractions
             row += [f"<b>{_summary_cell(st, statistic, digits)}</b>" if v == best else _summary_cell(st, statistic, digits)
                     for st, v in zip(stats, values)]
         rows.append(row)
@@ -248,7 +250,7 @@ def build_report(eval_dir: str | Path, max_figures: int = 20, max_3d_cases: int 
     import plotly.offline
 
     eval_dir = Path(eval_dir)
-    metrics_path = eval_dir / "metrics.json"
+    metrics_path = eval_dir / METRICS_JSON
     if not metrics_path.is_file():
         raise InputError(f"{eval_dir}: no metrics.json: not an evaluation folder (run scripts/eval_medical.py first)")
     try:
@@ -303,7 +305,7 @@ def build_report(eval_dir: str | Path, max_figures: int = 20, max_3d_cases: int 
 {_model_table(summary, nsd_keys)}
 <h2>Baseline comparison</h2>
 <p>Same samples, same protocol; the best value of each metric is in bold.</p>
-{_comparison_table(summary, methods)}
+{_comparison_table(summary, methods, protocol["nsd_tolerances_mm"])}
 {_bar_chart(summary, methods)}
 <h2>Per-class distributions</h2>
 {_box_plots(records, methods)}

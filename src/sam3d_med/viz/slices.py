@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from ..data.geometry import bounding_box, take_slice
 from ..io.atomic import atomic_path
 from ..io.nifti import voxel_spacing_mm
+from ..io.png import from_display, to_display  # noqa: F401 (the figures' orientation; imported from here)
 from .palette import class_colour, error_codes, legend_handles, rgba_of_errors, rgba_of_labels
 
 AXIS_VIEW_NAMES = {"R": "sagittal", "L": "sagittal", "A": "coronal", "P": "coronal", "S": "axial", "I": "axial"}
@@ -53,19 +54,6 @@ def display_slices(labels_ijk: np.ndarray, per_axis: int = 3, include: tuple[int
             picks[nearest] = int(include[1])
         chosen += [(axis, p) for p in sorted(set(picks))]
     return chosen
-
-
-def to_display(plane_pq: np.ndarray) -> np.ndarray:
-    """A slice [p, q] of the RAS+ grid (p, q: its two remaining axes in increasing order) -> an image
-    [row, column] in display orientation, as every figure of the tool shows it: q upwards (anterior
-    or superior at the top), p to the right (the patient's right on the screen's right in axial and
-    coronal views, i.e. the neurological convention, letters on every figure)."""
-    return np.asarray(plane_pq).T[::-1]
-
-
-def from_display(image_rc: np.ndarray) -> np.ndarray:
-    """The inverse of ``to_display``: an image in display orientation -> the slice [p, q]."""
-    return np.asarray(image_rc)[::-1].T
 
 
 def _plane(volume_ijk: np.ndarray, axis: int, index: int) -> np.ndarray:
