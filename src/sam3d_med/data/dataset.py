@@ -30,6 +30,7 @@ pixel's mask value and 3-D point still come from the same source pixel.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from ..errors import InputError
 from ..io.npz import read_npz
 from .geometry import take_slice, world_grid
 from .object_frame import DEFAULT_CUBE_MARGIN, ObjectCube, cube_sdf_mm, normalisation_of_slice, object_cube
+from .cache import case_sdf
 from .crop import AIR_HU
 from .preprocess import load_manifest  # noqa: F401 (imported from here by callers)
 from .preprocess import window_ct
@@ -211,12 +213,15 @@ class SliceClassDataset(Dataset):
     def __init__(self, cache_dir: str | Path, manifest: dict, case_ids: list[str], crop_size: tuple[int, int],
                  min_pixels: int = 10, augment: Augmentation | None = None, seed: int = 0,
                  latent_dir: str | Path | None = None, frame: str = "object", cube_resolution: int = 64,
-                 cube_margin: float = DEFAULT_CUBE_MARGIN, epoch_mode: str = "slices"):
+                 cube_margin: float = DEFAULT_CUBE_MARGIN, epoch_mode: str = "slices",
+                 samples: list[tuple[str, dict, int]] | None = None):
         """``latent_dir``: folder of precomputed flow targets (``<case>.npy``, float32 (C, c, R, R, R),
         one latent per class 1..C, in ``frame``); each sample then also holds ``shape_latent``
         (c, R, R, R). ``cube_resolution``: cells per side of the object cube (the decoder's output).
         ``epoch_mode``: ``EPOCH_MODES`` (``samples`` lists every (case, slice, class); in "pairs" mode
-        an index is a (case, class) pair of ``pairs`` whose slice is drawn per epoch)."""
+        an index is a (case, class) pair of ``pairs`` whose slice is drawn per epoch). ``samples``: the
+        (case id, slice entry, class) samples to hold instead of every one with ``min_pixels``, in
+        this order (validation and evaluation: the chosen slices)."""
         if epoch_mode not in EPOCH_MODES:
             raise InputError(f"data.epoch must be one of {EPOCH_MODES} (got {epoch_mode!r})")
         self.epoch_mode = epoch_mode
@@ -241,6 +246,8 @@ class SliceClassDataset(Dataset):
                     if count >= min_pixels:
                         self.samples.append((case_id, entry, int(cls)))
                         by_pair.setdefault((case_id, int(cls)), []).append(entry)
+        if samples is not None:
+            self.samples = list(samples)
         # (case, class, eligible slices), sorted by case then class
         self.pairs = [(case_id, cls, entries) for (case_id, cls), entries in sorted(by_pair.items())]
         self._sdf_cache: dict[str, np.ndarray] = {}
@@ -251,6 +258,12 @@ class SliceClassDataset(Dataset):
         if self.frame == "volume":
             self.windows = {case_id: case_volume_window(self._sdf(case_id), self.cube_resolution, case_id)
                             for case_id in sorted(self.cases)}
+
+    def with_samples(self, samples: list[tuple[str, dict, int]]) -> "SliceClassDataset":
+        """This dataset (its settings and caches shared) holding ``samples`` instead."""
+        subset = copy.copy(self)
+        subset.samples = list(samples)
+        return subset
 
     def __len__(self) -> int:
         return len(self.pairs) if self.epoch_mode == "pairs" else len(self.samples)
@@ -269,10 +282,7 @@ class SliceClassDataset(Dataset):
 
     def _sdf(self, case_id: str) -> np.ndarray:
         if case_id not in self._sdf_cache:
-            path = self.cache_dir / self.cases[case_id]["sdf_path"]
-            if not path.is_file():
-                raise InputError(f"{path}: signed distance file missing from the cache")
-            self._sdf_cache[case_id] = np.load(path, mmap_mode="r")
+            self._sdf_cache[case_id] = case_sdf(self.cache_dir, self.cases[case_id])
         return self._sdf_cache[case_id]
 
     def cube(self, case_id: str, cls: int) -> ObjectCube:
@@ -361,10 +371,7 @@ def cached_case_volumes(cache_dir: str | Path, case: dict, channel: int = 0) -> 
     for entry in case["slices"]:
         plane = read_npz(cache_dir / entry["file"], ("image",), "slice file")["image"][channel]
         take_slice(image, entry["axis"], entry["slice_idx"])[...] = plane  # a view: writes into ``image``
-    sdf_path = cache_dir / case["sdf_path"]
-    if not sdf_path.is_file():
-        raise InputError(f"{sdf_path}: signed distance file missing from the cache")
-    sdf = np.load(sdf_path, mmap_mode="r")
+    sdf = case_sdf(cache_dir, case)
     labels = np.zeros(shape, dtype=np.uint8)
     for c in range(sdf.shape[0], 0, -1):
         labels[np.asarray(sdf[c - 1]) < 0] = c

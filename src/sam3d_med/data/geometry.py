@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..io.nifti import voxel_spacing_mm
+from ..io.nifti import Volume, as_canonical, voxel_spacing_mm
 
 
 def isotropic_grid(shape_ijk: tuple[int, int, int], affine: np.ndarray, spacing_mm: float):
@@ -53,6 +53,15 @@ def resample_isotropic(data: np.ndarray, affine: np.ndarray, spacing_mm: float, 
         prefilter=False,
     )
     return out, new_affine
+
+
+def canonical_resampled(volume: Volume, spacing_mm: float, order: int) -> Volume:
+    """``volume`` in RAS+ canonical voxel order (``io.nifti.as_canonical``), then resampled to
+    ``spacing_mm`` isotropic voxels (``resample_isotropic``; order 1 = linear, 0 = nearest): the grid
+    preprocessing puts every case on and predict puts every scan on."""
+    canonical = as_canonical(volume)
+    data, affine = resample_isotropic(canonical.data, canonical.affine, spacing_mm, order=order)
+    return Volume(data=data, affine=affine)
 
 
 def take_slice(volume: np.ndarray, axis: int, index: int, leading: int = 0) -> np.ndarray:

@@ -38,9 +38,9 @@ import numpy as np
 from ..errors import InputError
 from ..io.atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from ..io.npz import npy_bytes, npz_bytes
-from ..io.nifti import GeometryWarning, as_canonical, label_on_image_grid, load_volume, voxel_spacing_mm
+from ..io.nifti import GeometryWarning, Volume, as_canonical, label_on_image_grid, load_volume, voxel_spacing_mm
 from .classes import DEFAULT_CLASS_NAMES, find_class_names
-from .geometry import resample_isotropic, take_slice, world_grid
+from .geometry import canonical_resampled, take_slice, world_grid
 from ..runtime import default_workers  # noqa: F401 (imported from here by callers)
 from .manifest import MANIFEST_NAME, PREPROCESS_VERSION, load_manifest  # noqa: F401 (the cache's contract)
 from .surfaces import mask_surface_mesh, mesh_obj_text, signed_distance_mm
@@ -136,10 +136,9 @@ def _load_case(case_dir: Path, options: PreprocessOptions):
         crop = crop_around_labels(image, label, {c: c for c in range(1, options.classes + 1)}, options.crop_size,
                                   options.spacing_mm)
         return crop.image_hu, crop.label, crop.affine, image_path, label_path
-    label_data = label.data.astype(np.uint8)
-    image_hu, affine = resample_isotropic(image.data, image.affine, options.spacing_mm, order=1)
-    label_data, _ = resample_isotropic(label_data, label.affine, options.spacing_mm, order=0)
-    return image_hu, label_data, affine, image_path, label_path
+    resampled = canonical_resampled(image, options.spacing_mm, order=1)
+    label_data = canonical_resampled(Volume(label.data.astype(np.uint8), label.affine), options.spacing_mm, order=0).data
+    return resampled.data, label_data, resampled.affine, image_path, label_path
 
 
 def hounsfield_check(image: np.ndarray) -> str | None:

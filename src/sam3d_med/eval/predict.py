@@ -36,7 +36,7 @@ from scipy import ndimage, special
 
 from ..data.crop import AIR_HU
 from ..data.dataset import condition_inputs
-from ..data.geometry import (bounding_box, resample_isotropic, take_slice, voxel_to_world, world_grid,
+from ..data.geometry import (bounding_box, canonical_resampled, take_slice, voxel_to_world, world_grid,
                              world_to_voxel)
 from ..data.preprocess import window_ct
 from ..data.volume_window import VolumeWindow, window_around, window_around_plane
@@ -47,13 +47,6 @@ from ..io.nifti import Volume, label_on_image_grid, load_volume, save_volume, vo
 from ..preflight import absent_class_error
 from ..model.placement import SLICE_LOGIT, grid_points_mm, impose_input_slice, mean_of_draws_at, reconstruct_on_grid
 from ..io.png import from_display, read_mask_png
-
-
-def canonical_resampled(volume: Volume, spacing_mm: float, order: int) -> Volume:
-    """RAS+ canonical order (nibabel), then isotropic ``spacing_mm`` (as preprocessing does)."""
-    img = nib.as_closest_canonical(nib.Nifti1Image(volume.data, volume.affine))
-    data, affine = resample_isotropic(np.asarray(img.dataobj), img.affine, spacing_mm, order=order)
-    return Volume(data=data, affine=affine)
 
 
 def back_to_input_grid(prob_canonical: np.ndarray, canonical_affine: np.ndarray, shape_ijk, affine: np.ndarray) -> np.ndarray:

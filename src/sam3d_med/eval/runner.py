@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader
 from .. import __version__
 from ..data.dataset import (POLICIES, SliceClassDataset, choose_slices, collate_samples,
                             load_manifest, split_cases)
+from ..data.cache import case_sdf
 from ..data.preprocess import case_fingerprint
 from ..data.geometry import bounding_box
 from ..errors import ConfigError, InputError
@@ -131,7 +132,7 @@ class TrainingPriors:
         shapes = [tuple(c["shape_ijk"]) for c in cases]
         self.shape = max(set(shapes), key=shapes.count)
         for case in cases:
-            sdf = np.load(cache_dir / case["sdf_path"], mmap_mode="r")
+            sdf = case_sdf(cache_dir, case)
             for c, group in groups.items():
                 occ = np.any([np.asarray(sdf[g - 1]) < 0 for g in group], axis=0)
                 sums[c] = sums.get(c, 0) + centred_on(occ, self.shape).astype(np.float64)
@@ -248,10 +249,10 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
     if len(todo) < len(cases):
         log(f"{len(cases) - len(todo)} cases already scored with this protocol (delete {cases_dir} to redo)")
     for case in tqdm(todo, desc="evaluate", unit="case"):
+        chosen = [(case["case_id"], entry, cls) for entry, cls in choose_slices(case, axes, options.policy)]
         dataset = SliceClassDataset(data_root, manifest, [case["case_id"]], crop, min_pixels=1, frame=frame,
                                     cube_resolution=model.cfg.occupancy_resolution,
-                                    cube_margin=float(cfg["data"].get("cube_margin", 0.1)))
-        dataset.samples = [(case["case_id"], entry, cls) for entry, cls in choose_slices(case, axes, options.policy)]
+                                    cube_margin=float(cfg["data"].get("cube_margin", 0.1)), samples=chosen)
         loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False, collate_fn=collate_samples)
         spacing = case["spacing_mm"]
         points = grid_points_mm(case["shape_ijk"], np.asarray(case["affine"]), device) if frame == "object" else None

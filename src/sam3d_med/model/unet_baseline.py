@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.cache import case_sdf
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path
 from ..io.npz import read_npz
@@ -130,10 +131,7 @@ def cache_sample_input(cache_dir, case: dict, entry: dict, class_id: int, num_cl
 
 def load_case_sdf(cache_dir, case: dict) -> np.ndarray:
     """The case's signed distances (C, I, J, K) mm, memory-mapped."""
-    path = Path(cache_dir) / case["sdf_path"]
-    if not path.is_file():
-        raise InputError(f"{path}: signed distance file missing from the cache")
-    return np.load(path, mmap_mode="r")
+    return case_sdf(cache_dir, case)
 
 
 def sdf_plane(cache_dir, case: dict, class_id: int, axis: int, slice_idx: int) -> np.ndarray:

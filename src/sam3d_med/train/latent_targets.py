@@ -51,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.cache import case_sdf
 from ..data.dataset import case_volume_window
 from ..data.object_frame import DEFAULT_CUBE_MARGIN, cube_sdf_mm, object_cube
 from ..data.occupancy import occupancy_of
@@ -186,10 +187,7 @@ def case_occupancies(cache_dir: Path, case: dict, frame: str, resolution: int,
 
 
 def _case_solids(cache_dir: Path, case: dict, frame: str, resolution: int, cube_margin: float) -> np.ndarray:
-    path = cache_dir / case["sdf_path"]
-    if not path.is_file():
-        raise InputError(f"{path}: signed distance file missing from the cache")
-    sdf = np.asarray(np.load(path, mmap_mode="r"))
+    sdf = np.asarray(case_sdf(cache_dir, case))
     if frame == "volume":  # the case's n^3 window around its structures (the case's grid when n^3)
         return case_volume_window(sdf, resolution, case["case_id"]).take(sdf < 0, False)
     affine = np.asarray(case["affine"], dtype=np.float64)

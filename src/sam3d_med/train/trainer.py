@@ -256,8 +256,8 @@ class GeneratorStart:
             cls = str(index + 1)
             entry = max(case["slices"], key=lambda e: (e["class_pixel_counts"].get(cls, 0), -e["axis"], -e["slice_idx"]))
             samples.append((case["case_id"], entry, index + 1))
-        self.dataset.samples = samples
-        batch = collate_samples([self.dataset[i] for i in range(len(samples))])
+        chosen = self.dataset.with_samples(samples)
+        batch = collate_samples([chosen[i] for i in range(len(samples))])
         batch = {k: v.to(self.device) for k, v in batch.items() if torch.is_tensor(v)}
         was_training = self.model.training
         self.model.eval()
@@ -370,15 +370,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                     cube_margin=float(cfg.data.cube_margin), epoch_mode=str(cfg.data.get("epoch", "slices")))
     train_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, train_ids, crop, int(cfg.data.min_pixels), augment,
                                   seed, **geometry)
-    val_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, val_ids, crop, int(cfg.data.min_pixels), None, seed,
-                                **{**geometry, "epoch_mode": "slices"})
     # validated as evaluated: each (case, class, axis) from its largest slice (the evaluation's default
     # policy), so that best.pt is chosen by what the evaluation then measures; in a fixed shuffled order,
     # so that the first validation.reconstructions samples spread over cases, classes and axes
     held_out = set(val_ids)
     evaluated = [(case["case_id"], entry, cls) for case in manifest["cases"] if case["case_id"] in held_out
                  for entry, cls in choose_slices(case, manifest["options"]["axes"], POLICIES[0])]
-    val_set.samples = [evaluated[i] for i in np.random.default_rng(seed).permutation(len(evaluated))]
+    val_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, val_ids, crop, int(cfg.data.min_pixels), None, seed,
+                                **{**geometry, "epoch_mode": "slices"},
+                                samples=[evaluated[i] for i in np.random.default_rng(seed).permutation(len(evaluated))])
     if len(train_set) == 0:
         raise InputError(f"{cfg.data.slice_cache_dir}: no training samples (cases {train_ids})")
     # best.pt is chosen by what exists: validation Dice, or without validation cases the training loss
