@@ -18,7 +18,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -343,24 +343,24 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run (or resume) training as configured; returns a summary. Files go to the checkpoint folder
-    (checkpoints) and ``run_dir`` (TensorBoard events, curves.png)."""
-    from tqdm import tqdm
+@dataclass
+class TrainingData:
+    """The run's data: training and validation sets, their loaders, the training sampler (reseeded per
+    epoch), and what chooses best.pt (``val_dice``, or ``train_loss`` without validation cases)."""
 
-    run_dir = Path(run_dir)
-    ranks = Ranks(cfg.device)
+    train_set: SliceClassDataset
+    val_set: SliceClassDataset
+    sampler: object
+    train_loader: DataLoader
+    val_loader: DataLoader
+    best_by: str
+
+
+def training_data(cfg: DictConfig, model: SparseStructureModel, ranks: Ranks, identity: dict, frame: str,
+                  seed: int) -> TrainingData:
+    """The cache's cases split (``data.val_fraction``, ``seed``), their flow targets prepared
+    (``prepare_latent_targets``), the datasets and loaders built (``InputError``: no training sample)."""
     device = ranks.device
-    if device.type == "cpu":
-        keep_freed_memory_for_reuse()
-    seed = int(cfg.seed)
-    torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
-
-    model, identity = build_model(cfg)
-    configure_trainable(model, cfg)
-    frame = target_frame(cfg)
-    place_on_device(model, cfg, device, frame)
-
     manifest = load_manifest(cfg.data.slice_cache_dir)
     train_ids, val_ids = split_cases([c["case_id"] for c in manifest["cases"]], float(cfg.data.val_fraction), seed)
     latent_dir = prepare_latent_targets(model, cfg, manifest, train_ids + val_ids, ranks, identity)
@@ -405,6 +405,30 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     train_loader = DataLoader(train_set, sampler=sampler, generator=torch.Generator().manual_seed(seed), **loader_kwargs)
     val_loader = DataLoader(val_set, shuffle=False, generator=torch.Generator().manual_seed(seed), **loader_kwargs)
 
+    return TrainingData(train_set, val_set, sampler, train_loader, val_loader, best_by)
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Run (or resume) training as configured; returns a summary. Files go to the checkpoint folder
+    (checkpoints) and ``run_dir`` (TensorBoard events, curves.png)."""
+
+    run_dir = Path(run_dir)
+    ranks = Ranks(cfg.device)
+    device = ranks.device
+    if device.type == "cpu":
+        keep_freed_memory_for_reuse()
+    seed = int(cfg.seed)
+    torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
+
+    model, identity = build_model(cfg)
+    configure_trainable(model, cfg)
+    frame = target_frame(cfg)
+    place_on_device(model, cfg, device, frame)
+
+    data = training_data(cfg, model, ranks, identity, frame, seed)
+    train_set, val_set, sampler = data.train_set, data.val_set, data.sampler
+    train_loader, val_loader, best_by = data.train_loader, data.val_loader, data.best_by
+
     weights = loss_weights(cfg)
     objective = TrainingObjective(model, weights, frame).to(device)
     log.info("target frame: %s (%s)", frame, "the structure in its own cube, placed by the predicted pose"
@@ -423,11 +447,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     scheduler = warmup_cosine(optimizer, int(cfg.training.warmup_steps), total_steps)
     scaler = torch.amp.GradScaler(enabled=False)  # bf16 needs no loss scaling; kept for the format
 
-    ckpt_dir = Path(cfg.training.checkpoint_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    history: list[dict] = []
-    start_epoch, skip_batches, step, best_dice, best_loss = 1, 0, 0, -1.0, float("inf")
-    resumed_losses, pending_end = [], None
+    state = TrainState()
     if cfg.training.get("resume"):
         payload = read_training_checkpoint(cfg.training.resume)
         if payload["model_config"] != model.cfg.to_dict():
@@ -441,144 +462,229 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         scheduler.load_state_dict(payload["scheduler"])
         scaler.load_state_dict(payload["scaler"])
         restore_rng(payload["rng"])
-        step, best_dice, history = payload["step"], payload["best_dice"], payload["history"]
-        best_loss = payload.get("best_train_loss", float("inf"))
-        resumed_losses = list(payload.get("epoch_losses", []))
-        pending_end = payload.get("pending_epoch_end")
-        if payload["batches_done"]:
-            start_epoch, skip_batches = payload["epoch"], payload["batches_done"]
-        else:
-            start_epoch = payload["epoch"] + 1
-        log.info("resumed from %s: epoch %d, batch %d, step %d", cfg.training.resume, start_epoch, skip_batches, step)
+        state = TrainState.from_payload(payload)
+        log.info("resumed from %s: epoch %d, batch %d, step %d", cfg.training.resume, state.start_epoch,
+                 state.skip_batches, state.step)
+    checkpoints = CheckpointPolicy(Path(cfg.training.checkpoint_dir), int(cfg.training.save_every), epochs)
 
     writer = None
     if ranks.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints.folder.mkdir(parents=True, exist_ok=True)
 
     def payload_for(epoch: int, batches_done: int, epoch_losses: list[float] | None = None,
                     pending_epoch_end: dict | None = None) -> dict:
-        """The checkpoint; stopped inside an epoch it also holds that epoch's losses so far (so that the
-        resumed run's train_loss is the whole epoch's), stopped on its last batch the epoch's end still
-        to do (validation, history, epoch_N.pt, best.pt), which the resumed run does first."""
+        """The checkpoint: the trained weights, optimiser, schedule, random states, config and the
+        run's progress (``TrainState.progress``)."""
         return {"format": CHECKPOINT_FORMAT, "trained_state": trained_state(model, cfg),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "batches_done": batches_done, "step": step,
-                "best_dice": best_dice, "best_train_loss": best_loss, "best_by": best_by, "rng": rng_states(),
-                "config": resolved, "model_config": model.cfg.to_dict(),
-                "base_identity": identity, "history": history, "epoch_losses": list(epoch_losses or []),
-                "pending_epoch_end": pending_epoch_end}
+                "scaler": scaler.state_dict(), "rng": rng_states(), "config": resolved,
+                "model_config": model.cfg.to_dict(), "base_identity": identity,
+                **state.progress(epoch, batches_done, best_by, epoch_losses, pending_epoch_end)}
 
     def finish_epoch(epoch: int, train_loss: float, rate: float | None) -> None:
         """The end of an epoch: validation, the history, last.pt, epoch_N.pt and best.pt."""
-        nonlocal best_dice, best_loss
         record = {"epoch": epoch, "train_loss": train_loss}
         if not ranks.is_main:
             return
         if len(val_set):
             record.update(validate(objective, val_loader, device, cfg))
-        history.append(record)
+        state.history.append(record)
         log.info("epoch %d: train_loss %.4f val_loss %.4f val_dice %.4f (sampled) %.4f (one step from noise)%s", epoch,
                  record["train_loss"], record.get("val_loss", float("nan")), record.get("val_dice", float("nan")),
                  record.get("val_dice_one_step", float("nan")), "" if rate is None else f" ({rate:.1f} samples/s)")
         for key, value in record.items():
             if key != "epoch":
                 writer.add_scalar(f"epoch/{key}", value, epoch)
-        if best_by == "val_dice":
-            dice_now = record.get("val_dice", float("nan"))
-            improved = np.isfinite(dice_now) and dice_now > best_dice
-            best_dice = dice_now if improved else best_dice
-        else:
-            improved = np.isfinite(record["train_loss"]) and record["train_loss"] < best_loss
-            best_loss = record["train_loss"] if improved else best_loss
+        improved = state.record_best(record, best_by)
         if improved:
-            log.info("best.pt: epoch %d (%s %.4f)", epoch, best_by, best_dice if best_by == "val_dice" else best_loss)
-        payload = payload_for(epoch, 0)
-        save_training_checkpoint(ckpt_dir / "last.pt", payload)
-        if epoch % int(cfg.training.save_every) == 0 or epoch == epochs:
-            save_training_checkpoint(ckpt_dir / f"epoch_{epoch}.pt", payload)
-        if improved or not (ckpt_dir / "best.pt").exists():
-            save_training_checkpoint(ckpt_dir / "best.pt", payload)
+            log.info("best.pt: epoch %d (%s %.4f)", epoch, best_by,
+                     state.best_dice if best_by == "val_dice" else state.best_loss)
+        checkpoints.end_of_epoch(epoch, payload_for(epoch, 0), improved)
 
+    loop = EpochLoop(train_loader, batches_per_epoch, accum, stepper, params, optimizer, scheduler,
+                     float(cfg.training.grad_clip or 0), device, ranks.world_size, ranks.is_main, writer)
     status = "completed"
     stop_after = cfg.training.get("stop_after_steps")
     with StopRequest() as stop:
-        if not history and ranks.is_main and len(val_set):
+        if not state.history and ranks.is_main and len(val_set):
             baseline = validate(objective, val_loader, device, cfg)
-            history.append({"epoch": 0, "train_loss": None, **baseline})
+            state.history.append({"epoch": 0, "train_loss": None, **baseline})
             log.info("epoch 0 (untrained): val_loss %.4f val_dice %.4f (sampled) %.4f (one step from noise)",
                      baseline["val_loss"], baseline["val_dice"], baseline["val_dice_one_step"])
-        if pending_end is not None:  # stopped on an epoch's last batch: that epoch's end first, as if never stopped
-            finish_epoch(pending_end["epoch"], pending_end["train_loss"], None)
+        if state.pending_end is not None:  # stopped on an epoch's last batch: that epoch's end first
+            finish_epoch(state.pending_end["epoch"], state.pending_end["train_loss"], None)
         ranks.barrier()
         model.train()
-        for epoch in range(start_epoch, epochs + 1):
+        for epoch in range(state.start_epoch, epochs + 1):
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
             else:
                 sampler.generator.manual_seed(seed * 100003 + epoch)  # same order on resume
             train_set.set_epoch(epoch)
-            bar = tqdm(total=batches_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not ranks.is_main,
-                       initial=skip_batches)
-            epoch_losses = resumed_losses if epoch == start_epoch and skip_batches else []
-            seen, started = 0, time.perf_counter()
-            batches_done = skip_batches
-            for i, batch in enumerate(train_loader):
-                if i >= batches_per_epoch:
-                    break
-                if i < skip_batches:
-                    continue
-                batch = _to_device(batch, device)
-                last_micro = (i + 1) % accum == 0 or i + 1 == batches_per_epoch
-                sync = stepper.no_sync() if (ranks.world_size > 1 and not last_micro) else contextlib.nullcontext()
-                with sync, _autocast(device):
-                    terms = stepper(batch)
-                    (terms["total"] / accum).backward()
-                if last_micro:
-                    if cfg.training.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(params, float(cfg.training.grad_clip))
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    step += 1
-                    if stop_after and step >= int(stop_after) and stop.signal is None:
-                        stop.signal = 0
-                batches_done = i + 1
-                seen += batch["occupancy"].shape[0] * ranks.world_size
-                values = {key: float(value.detach()) for key, value in terms.items()}
-                epoch_losses.append(values["total"])
-                rate = seen / max(1e-9, time.perf_counter() - started)
-                bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", samples_s=f"{rate:.1f}")
-                bar.update(1)
-                if writer is not None:
-                    for key, value in values.items():
-                        writer.add_scalar(f"train/{key}", value, step)
-                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                if stop.signal is not None:
-                    break
-            bar.close()
-            skip_batches = 0
+            resuming = epoch == state.start_epoch and state.skip_batches
+            epoch_losses = state.resumed_losses if resuming else []
+            batches_done, rate = run_epoch(loop, epoch, epochs, state, epoch_losses, state.skip_batches if resuming else 0,
+                                           stop, stop_after)
             train_loss = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
             if stop.signal is not None:
-                done = batches_done >= batches_per_epoch
-                if ranks.is_main:  # an epoch stopped on its last batch is finished: its end is done on resume
-                    save_training_checkpoint(ckpt_dir / "last.pt", payload_for(
-                        epoch, 0 if done else batches_done, None if done else epoch_losses,
-                        {"epoch": epoch, "train_loss": train_loss} if done else None))
-                    log.info("stopped by %s in epoch %d after %d batches: wrote %s; resume with training.resume=%s",
-                             stop.reason, epoch, batches_done, ckpt_dir / "last.pt", ckpt_dir / "last.pt")
+                if ranks.is_main:
+                    checkpoints.stopped(epoch, batches_done, batches_per_epoch, train_loss, epoch_losses, payload_for,
+                                        stop.reason)
                 status = "interrupted"
                 break
-            finish_epoch(epoch, train_loss, seen / max(1e-9, time.perf_counter() - started))
+            finish_epoch(epoch, train_loss, rate)
             ranks.barrier()
     if ranks.is_main:
-        plot_curves(history, run_dir / "curves.png")
+        plot_curves(state.history, run_dir / "curves.png")
         writer.close()
     ranks.close()
+    history = state.history
     untrained = history[0].get("val_dice") if history and history[0]["epoch"] == 0 else None
-    return {"status": status, "signal": stop.signal, "history": history, "best_dice": best_dice,
-            "best_by": best_by, "best_train_loss": best_loss,
-            "untrained_dice": untrained, "checkpoint_dir": str(ckpt_dir), "run_dir": str(run_dir)}
+    return {"status": status, "signal": stop.signal, "history": history, "best_dice": state.best_dice,
+            "best_by": best_by, "best_train_loss": state.best_loss,
+            "untrained_dice": untrained, "checkpoint_dir": str(checkpoints.folder), "run_dir": str(run_dir)}
 
+
+@dataclass
+class TrainState:
+    """The run's progress, to and from a checkpoint's payload: the epoch to start with and the batches
+    of it already done, the optimiser step, the best validation Dice (or training loss without
+    validation), the history of epoch records, the losses of a partial epoch (so that a resumed run's
+    train_loss is the whole epoch's) and an epoch's end still to do (stopped on its last batch)."""
+
+    start_epoch: int = 1
+    skip_batches: int = 0
+    step: int = 0
+    best_dice: float = -1.0
+    best_loss: float = float("inf")
+    history: list = field(default_factory=list)
+    resumed_losses: list = field(default_factory=list)
+    pending_end: dict | None = None
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> "TrainState":
+        partial = bool(payload["batches_done"])
+        return cls(start_epoch=payload["epoch"] if partial else payload["epoch"] + 1,
+                   skip_batches=payload["batches_done"] if partial else 0, step=payload["step"],
+                   best_dice=payload["best_dice"], best_loss=payload.get("best_train_loss", float("inf")),
+                   history=payload["history"], resumed_losses=list(payload.get("epoch_losses", [])),
+                   pending_end=payload.get("pending_epoch_end"))
+
+    def progress(self, epoch: int, batches_done: int, best_by: str, epoch_losses: list[float] | None = None,
+                 pending_epoch_end: dict | None = None) -> dict:
+        """The payload's progress fields; stopped inside an epoch they also hold that epoch's losses so
+        far, stopped on its last batch the epoch's end still to do, which the resumed run does first."""
+        return {"epoch": epoch, "batches_done": batches_done, "step": self.step, "best_dice": self.best_dice,
+                "best_train_loss": self.best_loss, "best_by": best_by, "history": self.history,
+                "epoch_losses": list(epoch_losses or []), "pending_epoch_end": pending_epoch_end}
+
+    def record_best(self, record: dict, best_by: str) -> bool:
+        """Whether this epoch's ``record`` is the best so far by ``best_by`` (and remember it)."""
+        if best_by == "val_dice":
+            value = record.get("val_dice", float("nan"))
+            improved = bool(np.isfinite(value) and value > self.best_dice)
+            self.best_dice = value if improved else self.best_dice
+        else:
+            value = record["train_loss"]
+            improved = bool(np.isfinite(value) and value < self.best_loss)
+            self.best_loss = value if improved else self.best_loss
+        return improved
+
+
+@dataclass
+class CheckpointPolicy:
+    """Which checkpoint files are written when: ``last.pt`` after every epoch and when stopped,
+    ``epoch_N.pt`` every ``save_every`` epochs and after the last, ``best.pt`` when an epoch is the
+    best so far (or when there is none yet)."""
+
+    folder: Path
+    save_every: int
+    epochs: int
+
+    def end_of_epoch(self, epoch: int, payload: dict, improved: bool) -> None:
+        save_training_checkpoint(self.folder / "last.pt", payload)
+        if epoch % self.save_every == 0 or epoch == self.epochs:
+            save_training_checkpoint(self.folder / f"epoch_{epoch}.pt", payload)
+        if improved or not (self.folder / "best.pt").exists():
+            save_training_checkpoint(self.folder / "best.pt", payload)
+
+    def stopped(self, epoch: int, batches_done: int, batches_per_epoch: int, train_loss: float,
+                epoch_losses: list[float], payload_for, reason: str) -> None:
+        """``last.pt`` of a run stopped in ``epoch``: an epoch stopped on its last batch is finished
+        (its end is done on resume), one stopped inside keeps its losses so far."""
+        done = batches_done >= batches_per_epoch
+        last = self.folder / "last.pt"
+        save_training_checkpoint(last, payload_for(epoch, 0 if done else batches_done, None if done else epoch_losses,
+                                                   {"epoch": epoch, "train_loss": train_loss} if done else None))
+        log.info("stopped by %s in epoch %d after %d batches: wrote %s; resume with training.resume=%s",
+                 reason, epoch, batches_done, last, last)
+
+
+@dataclass
+class EpochLoop:
+    """What every epoch's optimisation uses (``run_epoch``)."""
+
+    loader: DataLoader
+    batches_per_epoch: int
+    accum: int
+    stepper: torch.nn.Module
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    grad_clip: float
+    device: torch.device
+    world_size: int
+    is_main: bool
+    writer: object
+
+
+def run_epoch(loop: EpochLoop, epoch: int, epochs: int, state: TrainState, epoch_losses: list[float],
+              skip_batches: int, stop: StopRequest, stop_after) -> tuple[int, float]:
+    """One epoch's optimisation from batch ``skip_batches`` on (the batches before it were done before a
+    resume): micro-batches accumulated to ``accum``, gradient clipping, the schedule, losses appended to
+    ``epoch_losses``, ``state.step`` counted, TensorBoard scalars; stops after the batch during which
+    ``stop`` was asked for (or ``stop_after`` steps were reached). Returns (batches done, samples/s)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=loop.batches_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not loop.is_main,
+               initial=skip_batches)
+    seen, started = 0, time.perf_counter()
+    batches_done = skip_batches
+    for i, batch in enumerate(loop.loader):
+        if i >= loop.batches_per_epoch:
+            break
+        if i < skip_batches:
+            continue
+        batch = _to_device(batch, loop.device)
+        last_micro = (i + 1) % loop.accum == 0 or i + 1 == loop.batches_per_epoch
+        sync = loop.stepper.no_sync() if (loop.world_size > 1 and not last_micro) else contextlib.nullcontext()
+        with sync, _autocast(loop.device):
+            terms = loop.stepper(batch)
+            (terms["total"] / loop.accum).backward()
+        if last_micro:
+            if loop.grad_clip:
+                torch.nn.utils.clip_grad_norm_(loop.params, loop.grad_clip)
+            loop.optimizer.step()
+            loop.optimizer.zero_grad(set_to_none=True)
+            loop.scheduler.step()
+            state.step += 1
+            if stop_after and state.step >= int(stop_after) and stop.signal is None:
+                stop.signal = 0
+        batches_done = i + 1
+        seen += batch["occupancy"].shape[0] * loop.world_size
+        values = {key: float(value.detach()) for key, value in terms.items()}
+        epoch_losses.append(values["total"])
+        rate = seen / max(1e-9, time.perf_counter() - started)
+        bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", samples_s=f"{rate:.1f}")
+        bar.update(1)
+        if loop.writer is not None:
+            for key, value in values.items():
+                loop.writer.add_scalar(f"train/{key}", value, state.step)
+            loop.writer.add_scalar("train/lr", loop.scheduler.get_last_lr()[0], state.step)
+        if stop.signal is not None:
+            break
+    bar.close()
+    return batches_done, seen / max(1e-9, time.perf_counter() - started)
