@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io.nifti import Grid
 from .manifest import MANIFEST_NAME, load_manifest  # noqa: F401 (the cache's manifest, read from here too)
+
+
+def case_grid(case: dict) -> Grid:
+    """The case's canonical grid (``shape_ijk``, ``affine``: voxel -> world RAS+ mm)."""
+    return Grid(tuple(int(n) for n in case["shape_ijk"]), np.asarray(case["affine"], dtype=np.float64))
 
 
 def case_sdf(cache_dir: str | Path, case: dict) -> np.ndarray:

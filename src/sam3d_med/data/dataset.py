@@ -44,7 +44,7 @@ from ..errors import InputError
 from ..io.npz import read_npz
 from .geometry import take_slice, world_grid
 from .object_frame import DEFAULT_CUBE_MARGIN, ObjectCube, cube_sdf_mm, normalisation_of_slice, object_cube
-from .cache import case_sdf
+from .cache import case_grid, case_sdf
 from .crop import AIR_HU
 from .preprocess import load_manifest  # noqa: F401 (imported from here by callers)
 from .preprocess import window_ct
@@ -366,7 +366,8 @@ def cached_case_volumes(cache_dir: str | Path, case: dict, channel: int = 0) -> 
     passes through a voxel (far from every structure). Labels come from the signed distances
     (negative inside), which hold every class on the whole grid."""
     cache_dir = Path(cache_dir)
-    shape = tuple(case["shape_ijk"])
+    grid = case_grid(case)
+    shape = grid.shape
     image = np.full(shape, np.nan, dtype=np.float32)
     for entry in case["slices"]:
         plane = read_npz(cache_dir / entry["file"], ("image",), "slice file")["image"][channel]
@@ -375,4 +376,4 @@ def cached_case_volumes(cache_dir: str | Path, case: dict, channel: int = 0) -> 
     labels = np.zeros(shape, dtype=np.uint8)
     for c in range(sdf.shape[0], 0, -1):
         labels[np.asarray(sdf[c - 1]) < 0] = c
-    return image, labels, np.asarray(case["affine"], dtype=np.float64)
+    return image, labels, grid.affine

@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader
 from .. import __version__
 from ..data.dataset import (POLICIES, SliceClassDataset, choose_slices, collate_samples,
                             load_manifest, split_cases)
-from ..data.cache import case_sdf
+from ..data.cache import case_grid, case_sdf
 from ..data.preprocess import case_fingerprint
 from ..data.geometry import bounding_box
 from ..errors import ConfigError, InputError
@@ -255,7 +255,8 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                                     cube_margin=float(cfg["data"].get("cube_margin", 0.1)), samples=chosen)
         loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False, collate_fn=collate_samples)
         spacing = case["spacing_mm"]
-        points = grid_points_mm(case["shape_ijk"], np.asarray(case["affine"]), device) if frame == "object" else None
+        grid = case_grid(case)
+        points = grid_points_mm(grid.shape, grid.affine, device) if frame == "object" else None
         case_records = []
         viz_logits, viz_slices = {}, {}
         position = 0

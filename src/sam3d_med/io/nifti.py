@@ -48,6 +48,19 @@ class HeaderForms:
     qform_code: int
 
 
+@dataclass(frozen=True)
+class Grid:
+    """A voxel grid: ``shape`` (I, J, K) and ``affine`` (4, 4) mapping voxel [i, j, k, 1] -> world RAS+ mm
+    (centre of each voxel): the geometry of a volume without its values, as one thing."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    @property
+    def spacing_mm(self) -> np.ndarray:
+        return voxel_spacing_mm(self.affine)
+
+
 @dataclass
 class Volume:
     """A 3-D array indexed [i, j, k] and the affine mapping voxel index -> world RAS+ mm.
@@ -62,6 +75,10 @@ class Volume:
     @property
     def spacing_mm(self) -> np.ndarray:
         return voxel_spacing_mm(self.affine)
+
+    @property
+    def grid(self) -> "Grid":
+        return Grid(tuple(int(n) for n in self.data.shape[:3]), np.asarray(self.affine, dtype=np.float64))
 
     @property
     def axcodes(self) -> tuple[str, str, str]:
