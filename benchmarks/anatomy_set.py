@@ -28,6 +28,7 @@ Prints each structure's volume before and after (surface or 1 mm labels vs the 3
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -140,7 +141,8 @@ def build(anatomy_dir: Path, out: Path, seed: int = 0) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--anatomy_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "anatomy"))
+    parser.add_argument("--anatomy_dir", default=os.environ.get("SAM3D_MED_ANATOMY_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "anatomy")),
+                        help="../shared/anatomy beside the checkout, or SAM3D_MED_ANATOMY_DIR")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

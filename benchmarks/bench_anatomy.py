@@ -31,6 +31,7 @@ these cases: the real-anatomy rows are reported once.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import logging
 import math
@@ -168,7 +169,8 @@ def print_table(rows: list[dict], classes: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--anatomy_dir", default=str(REPO.parent / "shared" / "anatomy"))
+    parser.add_argument("--anatomy_dir", default=os.environ.get("SAM3D_MED_ANATOMY_DIR", str(REPO.parent / "shared" / "anatomy")),
+                        help="../shared/anatomy beside the checkout, or SAM3D_MED_ANATOMY_DIR")
     parser.add_argument("--base", default=str(REPO / "release" / "rehearsal" / "checkpoints"))
     parser.add_argument("--work", default=None, help="folder for data, caches, checkpoints and evaluations")
     parser.add_argument("--table", default=None, metavar="JSON", help="only print the tables of an earlier run's --json")

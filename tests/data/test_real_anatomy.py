@@ -1,4 +1,5 @@
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from sam3d_med.data.real_anatomy import synthesize_ct_hu, write_anatomy_case
 from sam3d_med.io.nifti import load_volume
 
 REPO = Path(__file__).resolve().parents[2]
-ANATOMY = REPO.parent / "shared" / "anatomy"
+# the shared real anatomy beside the checkout (../shared/anatomy), or where SAM3D_MED_ANATOMY_DIR says
+ANATOMY = Path(os.environ.get("SAM3D_MED_ANATOMY_DIR", REPO.parent / "shared" / "anatomy"))
 
 
 def chambers(shape=(40, 40, 40)):
@@ -46,7 +48,7 @@ def test_a_case_says_which_classes_it_lacks(tmp_path):
 
 
 @pytest.mark.skipif(not (ANATOMY / "strocchi2020_case01").is_dir(),
-                    reason=f"the shared real anatomy ({ANATOMY}) is not beside this checkout")
+                    reason=f"the shared real anatomy ({ANATOMY}) is not beside this checkout (SAM3D_MED_ANATOMY_DIR)")
 def test_the_real_anatomy_set_keeps_every_structure_volume(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
