@@ -259,6 +259,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class_union", action="append", default=[], metavar="NAME=1,2,3",
                    help="score a test class the training did not have as the union of training classes, e.g. "
                         "heart=1,2,3,4,5 (repeatable)")
+    p.add_argument("--exclude_class", action="append", default=[], metavar="NAME",
+                   help="leave a test class out of the scores, e.g. one no training class is (repeatable)")
 
 
 def parse_eval_extras(args) -> tuple[str | None, dict[str, tuple[int, ...]]]:
@@ -271,6 +273,10 @@ def parse_eval_extras(args) -> tuple[str | None, dict[str, tuple[int, ...]]]:
         if name != "unet" or not path:
             raise Sam3dMedError(f"--baseline {text}: give unet=CHECKPOINT (a checkpoint of sam3d-med train-unet)")
         unet = str(preflight.existing_file(path, "--baseline unet", "U-Net checkpoint"))
+    given = [text.partition("=")[0].strip() for text in args.class_union]
+    twice = sorted({name for name in given if given.count(name) > 1})
+    if twice:
+        raise Sam3dMedError(f"--class_union {', '.join(twice)}: given more than once")
     unions = {}
     for text in args.class_union:
         name, _, values = text.partition("=")
@@ -280,6 +286,9 @@ def parse_eval_extras(args) -> tuple[str | None, dict[str, tuple[int, ...]]]:
             raise Sam3dMedError(f"--class_union {text}: give NAME=1,2,3 (training label values)") from None
         if not name.strip():
             raise Sam3dMedError(f"--class_union {text}: give NAME=1,2,3 (training label values)")
+    both = sorted(set(unions) & set(args.exclude_class))
+    if both:
+        raise Sam3dMedError(f"{', '.join(both)}: given both --class_union and --exclude_class")
     return unet, unions
 
 
@@ -306,7 +315,7 @@ def cmd_eval(args) -> int:
                           max_cases=args.max_cases,
                           input_slice_constraint=not args.no_slice_constraint, pose_fit=not args.no_pose_fit,
                           nsd_definition=args.nsd_definition, unet_checkpoint=unet_checkpoint,
-                          class_unions=class_unions or None)
+                          class_unions=class_unions or None, exclude_classes=tuple(args.exclude_class))
     case_visuals = None
     if args.save_viz:  # the figures are viz's: handed to the evaluation, which does not draw
         from .viz.comparison import write_evaluation_case_visuals as case_visuals

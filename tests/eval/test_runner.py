@@ -254,6 +254,15 @@ def test_a_unet_baseline_is_a_row_of_every_output(trained, cache_dir, tmp_path):
     from sam3d_med.viz.report import build_report
 
     assert "3-D U-Net" in build_report(tmp_path / "results")
+    assert saved["warnings"] == []
+    # an interrupted U-Net is scored, and said to be one
+    from sam3d_med.model.unet_baseline import load_unet_baseline
+
+    partial = load_unet_baseline(unet)
+    partial.training.update(completed=False, planned_steps=10)
+    partial.save(tmp_path / "partial.pt")
+    done = subprocess.run(args[:-1] + [f"unet={tmp_path / 'partial.pt'}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "interrupted training (3 of 10 steps)" in done.stderr, done.stderr[-2000:]
     # a LoRA checkpoint given as the U-Net, or a missing file: one line, before anything is scored
     for wrong, message in ((trained / "ckpt" / "best.pt", "U-Net"), (tmp_path / "none.pt", "does not exist")):
         bad = subprocess.run(args[:-1] + [f"unet={wrong}"], capture_output=True, text=True, timeout=300)
@@ -276,3 +285,28 @@ def test_a_metric_added_to_the_table_reaches_every_output(trained, tmp_path, mon
     assert "volume_ratio" in (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "model VolRatio" in summary_table(document).splitlines()[0]
     assert "VolRatio (mean)" in build_report(out)
+
+
+def test_a_class_can_be_left_out_and_stray_names_are_refused():
+    from sam3d_med.eval.runner import training_classes_of
+
+    train = {"1": "left_atrium", "2": "left_ventricle", "3": "right_atrium", "4": "right_ventricle", "5": "myocardium"}
+    both = {"1": "heart", "2": "pulmonary_artery"}
+    with pytest.raises(InputError, match="--exclude_class heart"):
+        training_classes_of(both, train, None, "t")
+    assert training_classes_of(both, train, {"heart": (1, 2, 3, 4, 5)}, "t", ("pulmonary_artery",)) == {1: (1, 2, 3, 4, 5)}
+    with pytest.raises(InputError, match=r"name classes \['aorta'\] that the test cache does not have"):
+        training_classes_of(both, train, {"heart": (1, 2), "aorta": (1,)}, "t", ("pulmonary_artery",))
+    with pytest.raises(InputError, match="every class is excluded"):
+        training_classes_of({"1": "left_atrium"}, train, None, "t", ("left_atrium",))
+
+
+def test_a_class_no_training_case_has_is_scored_with_a_warning():
+    from sam3d_med.eval.runner import unseen_class_warnings
+
+    names = {"1": "left_atrium", "2": "myocardium"}
+    manifest = {"cases": [{"case_id": "a", "class_voxel_counts": {"1": 10, "2": 0}},
+                          {"case_id": "b", "class_voxel_counts": {"1": 0, "2": 7}}]}
+    assert unseen_class_warnings({1: (1,), 2: (2,)}, names, manifest, ["a", "b"]) == []
+    (warning,) = unseen_class_warnings({1: (1,), 2: (2,)}, names, manifest, ["a"])
+    assert warning.startswith("class myocardium: none of the 1 training cases has it")

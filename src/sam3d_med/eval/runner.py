@@ -19,8 +19,9 @@ and with ``unet_checkpoint`` a third, ``unet``: a supervised 3-D U-Net trained o
 (``sam3d-med train-unet``, ``model.unet_baseline``) from the same input slice's image and mask.
 A test class the training did not have (e.g. a whole heart after training on its chambers) is scored
 only when ``class_unions`` names the training classes it is the union of: the model as for any class,
-the baselines from the union's occupancy and extent, the U-Net with those classes' inputs on; other
-unknown classes are refused (before any is scored).
+the baselines from the union's occupancy and extent, the U-Net with those classes' inputs on; or left
+out when ``exclude_classes`` names it; other unknown classes are refused (before any is scored). A
+scored class that no training case has is scored with a warning (metrics.json ``warnings``).
 Results per case go to ``cases/<id>.json`` as soon as the case is scored, so a re-run skips cases
 already scored with the same protocol; ``metrics.json`` and ``metrics.csv`` are written at the end
 (``layout``: where each file goes). With a ``case_visuals`` writer (the command line's ``--save_viz``
@@ -86,6 +87,7 @@ class EvalOptions:
     unet_checkpoint: str | None = None  # a third baseline: a 3-D U-Net trained on the training cache
     # test class name -> the training classes it is the union of (a class the training did not have)
     class_unions: dict[str, tuple[int, ...]] | None = None
+    exclude_classes: tuple[str, ...] = ()  # test class names left out (no training class is them)
 
     @property
     def fits_pose(self) -> bool:
@@ -173,6 +175,8 @@ def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: str, weight
         doc["unet"] = unet_identity
     if options.class_unions:
         doc["class_unions"] = {k: list(v) for k, v in sorted(options.class_unions.items())}
+    if options.exclude_classes:
+        doc["excluded_classes"] = sorted(options.exclude_classes)
     doc["id"] = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return doc
 
@@ -218,13 +222,18 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                          f"pass --train_cache")
     train_manifest = load_manifest(train_cache)
     names = manifest["class_names"]
-    groups = training_classes_of(names, train_manifest["class_names"], options.class_unions, data_root)
+    groups = training_classes_of(names, train_manifest["class_names"], options.class_unions, data_root,
+                                 tuple(options.exclude_classes))
     train_ids, _ = split_cases([c["case_id"] for c in train_manifest["cases"]], float(cfg["data"]["val_fraction"]),
                                int(cfg["seed"]))
     leakage = leakage_warning(manifest, train_manifest)
-    warnings = [leakage] if leakage else []
-    if leakage:
-        log(f"WARNING: {leakage}")
+    warnings = ([leakage] if leakage else []) + unseen_class_warnings(groups, names, train_manifest, train_ids)
+    if unet is not None and not unet.training.get("completed", True):
+        warnings.append(f"the U-Net baseline {options.unet_checkpoint} is an interrupted training "
+                        f"({unet.training.get('steps')} of {unet.training.get('planned_steps')} steps): run its "
+                        f"train-unet command again to finish it")
+    for warning in warnings:
+        log(f"WARNING: {warning}")
     priors = TrainingPriors(train_cache, train_manifest, train_ids, groups)
     log(f"baselines from {priors.n_cases} training cases in {train_cache}")
 
@@ -249,7 +258,8 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
     if len(todo) < len(cases):
         log(f"{len(cases) - len(todo)} cases already scored with this protocol (delete {cases_dir} to redo)")
     for case in tqdm(todo, desc="evaluate", unit="case"):
-        chosen = [(case["case_id"], entry, cls) for entry, cls in choose_slices(case, axes, options.policy)]
+        chosen = [(case["case_id"], entry, cls) for entry, cls in choose_slices(case, axes, options.policy)
+                  if cls in groups]  # excluded classes are not scored
         dataset = SliceClassDataset(data_root, manifest, [case["case_id"]], crop, min_pixels=1, frame=frame,
                                     cube_resolution=model.cfg.occupancy_resolution,
                                     cube_margin=float(cfg["data"].get("cube_margin", 0.1)), samples=chosen)
@@ -303,14 +313,22 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
     return write_reports(records, output_dir, protocol, names, options, warnings)
 
 
-def training_classes_of(names: dict, train_names: dict, unions: dict | None, data_root) -> dict[int, tuple[int, ...]]:
+def training_classes_of(names: dict, train_names: dict, unions: dict | None, data_root,
+                        excluded: tuple[str, ...] = ()) -> dict[int, tuple[int, ...]]:
     """{test class: the training classes it is} matched by name (one each), or by ``unions`` (name ->
-    training labels) for a class the training did not have; ``InputError`` naming the classes that
-    are neither."""
+    training labels) for a class the training did not have; classes named in ``excluded`` are left out
+    (not scored). ``InputError`` naming the classes that are none of these, and a union or an
+    exclusion naming no test class."""
     by_name = {name: int(value) for value, name in train_names.items()}
     unions = unions or {}
+    stray = sorted((set(unions) | set(excluded)) - set(names.values()))
+    if stray:
+        raise InputError(f"{data_root}: --class_union/--exclude_class name classes {stray} that the test cache does not "
+                         f"have (it has {sorted(names.values())})")
     groups, unknown = {}, []
     for value, name in sorted(names.items(), key=lambda kv: int(kv[0])):
+        if name in excluded:
+            continue
         if name in unions:
             missing = [c for c in unions[name] if str(c) not in train_names]
             if missing:
@@ -321,9 +339,26 @@ def training_classes_of(names: dict, train_names: dict, unions: dict | None, dat
         else:
             unknown.append(name)
     if unknown:
-        raise InputError(f"{data_root}: classes {unknown} are not training classes ({train_names}); to score one as "
-                         f"the union of training classes, name them (e.g. --class_union {unknown[0]}=1,2,3)")
+        raise InputError(f"{data_root}: classes {unknown} are not training classes ({train_names}): leave one out "
+                         f"(--exclude_class {unknown[0]}), or, when it is the union of training classes, name them "
+                         f"(--class_union {unknown[0]}=<training label values>)")
+    if not groups:
+        raise InputError(f"{data_root}: every class is excluded: nothing to score")
     return groups
+
+
+def unseen_class_warnings(groups: dict, names: dict, train_manifest: dict, train_ids: list[str]) -> list[str]:
+    """One warning per scored class that no training case has (its training classes have no voxels
+    there): the model never saw it, the U-Net never had its input, the mean shape is empty."""
+    wanted = set(train_ids)
+    voxels: dict[int, int] = {}
+    for case in train_manifest["cases"]:
+        if case["case_id"] in wanted:
+            for value, count in case.get("class_voxel_counts", {}).items():
+                voxels[int(value)] = voxels.get(int(value), 0) + int(count)
+    return [f"class {names[str(c)]}: none of the {len(wanted)} training cases has it (training classes "
+            f"{list(group)}): the model and the U-Net never saw it and the mean_shape baseline is empty"
+            for c, group in sorted(groups.items()) if not any(voxels.get(g, 0) for g in group)]
 
 
 def unet_predictions(unet, data_root: Path, case: dict, samples: list, groups: dict) -> np.ndarray:
