@@ -28,6 +28,7 @@ Prints each structure's volume before and after (surface or 1 mm labels vs the 3
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -108,7 +109,10 @@ def real_ct_case(anatomy_dir: Path, out_dir: Path) -> Path:
     artery = load_volume(ct_dir / "pulmonary_artery.nii.gz", "pulmonary artery", canonical=False)
     merged = np.zeros(heart.data.shape, dtype=np.uint8)
     merged[heart.data > 0] = 1
-    merged[artery.data > 0] = 2  # the artery's root lies in the heart mask's bounding region, not in it
+    merged[artery.data > 0] = 2  # the artery wins where the two masks overlap (provenance says how much)
+    voxel_ml = float(np.prod(heart.spacing_mm)) / 1000.0
+    overlap_ml = float(((heart.data > 0) & (artery.data > 0)).sum() * voxel_ml)
+    source_ml = {"heart": float((heart.data > 0).sum() * voxel_ml), "pulmonary_artery": float((artery.data > 0).sum() * voxel_ml)}
     with tempfile.TemporaryDirectory() as tmp:
         labels = Path(tmp) / "labels.nii.gz"
         save_volume(labels, merged, heart.affine, dtype=np.uint8, like=heart)
@@ -116,7 +120,12 @@ def real_ct_case(anatomy_dir: Path, out_dir: Path) -> Path:
                         "--label", str(labels), "--out", str(out_dir), "--case_id", "ts_pulmonary_ct",
                         "--labels", "1,2", "--class_names", "heart,pulmonary_artery"], check=True)
     folder = out_dir / "ts_pulmonary_ct"
-    atomic_write_json(folder / "provenance.json", TS_CT)
+    labels = load_volume(folder / "ts_pulmonary_ct-label.nii.gz", "label").data
+    crop_ml = {name: float((labels == value).sum() * 0.027) for value, name in ((1, "heart"), (2, "pulmonary_artery"))}
+    atomic_write_json(folder / "provenance.json", {
+        **TS_CT, "source_ml": source_ml, "crop_ml": crop_ml, "overlap_ml": overlap_ml,
+        "label_note": f"the source masks overlap by {overlap_ml:.1f} ml (the artery's root inside the heart mask); "
+                      f"the artery's label wins there, so the heart label is the heart mask without it"})
     return folder
 
 
@@ -155,6 +164,10 @@ def main() -> None:
         for value, v in volumes.items():
             source = v.get("surface_ml", v.get("source_1mm_ml"))
             print(f"{case_id:<22}{DEFAULT_CLASS_NAMES[value]:<18}{source:>10.1f}{v['labelled_ml']:>16.1f}")
+    real = json.loads((Path(args.out) / "real_ct" / "ts_pulmonary_ct" / "provenance.json").read_text())
+    for name in ("heart", "pulmonary_artery"):
+        print(f"{'ts_pulmonary_ct':<22}{name:<18}{real['source_ml'][name]:>10.1f}{real['crop_ml'][name]:>16.1f}")
+    print(f"(ts_pulmonary_ct: {real['label_note']})")
 
 
 if __name__ == "__main__":

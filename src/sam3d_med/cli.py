@@ -28,6 +28,9 @@ def _add_phantom(sub):
                    help="with --template: RMS amplitude of the random smooth deformation in mm (default 4.0)")
     p.add_argument("--smoothness_mm", type=float, default=None,
                    help="with --template: correlation length of the deformation in mm (default 20.0)")
+    p.add_argument("--labels", default=None,
+                   help="with --template: its values renumbered to the tutorial's as source:target, e.g. 1:2,2:5,3:4 "
+                        "(biv-me's LV cavity, myocardium, RV cavity); values not named become background")
     p.set_defaults(func=cmd_phantom)
 
 
@@ -36,8 +39,8 @@ def cmd_phantom(args) -> int:
         raise Sam3dMedError("--cases must be at least 1")
     if args.template:
         return _phantom_from_templates(args)
-    if args.deformation_mm is not None or args.smoothness_mm is not None:
-        raise Sam3dMedError("--deformation_mm and --smoothness_mm apply only with --template")
+    if args.deformation_mm is not None or args.smoothness_mm is not None or args.labels:
+        raise Sam3dMedError("--deformation_mm, --smoothness_mm and --labels apply only with --template")
     from .data.phantom import write_phantom_dataset
 
     folders = write_phantom_dataset(args.out, args.cases, seed=args.seed, axcodes=args.orientation,
@@ -64,11 +67,13 @@ def _phantom_from_templates(args) -> int:
             raise InputError(f"--template {template}: file is missing")
         if not path.name.lower().endswith((".nii", ".nii.gz")):
             raise InputError(f"--template {template}: not a NIfTI label map (.nii or .nii.gz)")
+    from .data.crop import parse_label_map
     from .data.template_phantom import write_template_phantom_dataset
 
+    label_map = parse_label_map(args.labels, []) if args.labels else None
     folders = write_template_phantom_dataset(args.out, args.template, args.cases, seed=args.seed,
                                              amplitude_mm=amplitude, smoothness_mm=smoothness, axcodes=args.orientation,
-                                             first_index=args.first_index, progress=True)
+                                             first_index=args.first_index, progress=True, label_map=label_map)
     print(f"wrote {len(folders)} synthetic cases deformed from {len(args.template)} template(s) to {args.out}")
     return 0
 
@@ -370,9 +375,7 @@ def cmd_train_unet(args) -> int:
                    seed=args.seed, val_fraction=args.val_fraction, device=args.device, side=args.side,
                    save_every=args.save_every, progress=not args.no_progress,
                    log=lambda m: print(m, file=sys.stderr))
-    except KeyboardInterrupt:
-        print("interrupted: the checkpoint holds the model of the last save (training.completed false); "
-              "run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt:  # train_unet has said where the model is and how to resume
         return 130
     print(f"U-Net baseline: {args.out}")
     return 0

@@ -59,3 +59,17 @@ def test_dataset_layout_and_class_names(tmp_path):
     assert read_class_names(tmp_path)[2] == "left_ventricle"
     img = load_volume(tmp_path / "s0001" / "s0001-image.nii.gz")
     assert np.abs(img.affine[:3, 3]).max() > 50  # a scanner-like, non-zero origin
+
+
+def test_a_folder_holding_another_data_set_is_refused(tmp_path):
+    from sam3d_med.errors import InputError
+
+    write_phantom_dataset(tmp_path / "set", 1, seed=3)
+    write_phantom_dataset(tmp_path / "set", 1, seed=3)  # the same set again: fine
+    write_phantom_dataset(tmp_path / "set", 1, seed=3, first_index=2)  # more of its cases: fine
+    with pytest.raises(InputError, match=r"holds another synthetic data set \(different: seed\)"):
+        write_phantom_dataset(tmp_path / "set", 1, seed=4)
+    (tmp_path / "real" / "case1").mkdir(parents=True)
+    with pytest.raises(InputError, match="not a synthetic data set"):
+        write_phantom_dataset(tmp_path / "real", 1, seed=3)
+    assert sorted(p.name for p in (tmp_path / "set").iterdir() if p.is_dir()) == ["s0001", "s0002"]

@@ -263,3 +263,16 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, problem):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert not (tmp_path / "D" / "s0001").exists()
+
+
+def test_a_template_numbered_otherwise_is_renumbered_by_labels(tmp_path):
+    template = make_template()
+    own = np.zeros_like(template.data)
+    own[template.data == LV], own[template.data == MYO], own[template.data == LA] = 1, 2, 3  # biv-me-like numbering
+    path = tmp_path / "own-labels.nii.gz"
+    save_volume(path, own, template.affine, dtype=np.uint8)
+    out = tmp_path / "D"
+    assert main(["phantom", "--template", str(path), "--labels", "1:2,2:5", "--cases", "1", "--out", str(out)]) == 0
+    label = load_volume(out / "s0001" / "s0001-label.nii.gz").data
+    assert set(np.unique(label).tolist()) == {0, 2, 5}  # 3 was not named: background
+    assert json.loads((out / "classes.json").read_text())["template_label_map"] == {"1": 2, "2": 5}

@@ -19,6 +19,7 @@ unlabelled aorta; Gaussian blur for partial volume at edges, then Gaussian noise
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from ..errors import InputError
 from ..io.atomic import atomic_write_json, atomic_write_text
 from ..io.nifti import save_volume
 from .classes import CLASSES_FILE, DEFAULT_CLASS_NAMES, class_names_document
@@ -221,9 +223,10 @@ def write_synthetic_dataset(out_dir: str | Path, n_cases: int, seed: int, first_
     generator, seed and ``meta``), ``README_SYNTHETIC.txt`` and ``sNNNN/sNNNN-{image,label}.nii.gz``
     where case n is ``make_case(np.random.default_rng([seed, n]))`` -> (image HU, label, affine)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     doc = class_names_document(class_names)
     doc.update(synthetic=True, generator=generator, seed=seed, **(meta or {}))
+    refuse_another_data_set(out_dir, doc)
+    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / CLASSES_FILE, doc)
     atomic_write_text(out_dir / "README_SYNTHETIC.txt", readme)
     indices = range(first_index, first_index + n_cases)
@@ -239,3 +242,29 @@ def write_synthetic_dataset(out_dir: str | Path, n_cases: int, seed: int, first_
         save_volume(folder / f"{case_id}-label.nii.gz", label, affine, dtype=np.uint8)
         folders.append(folder)
     return folders
+
+
+def refuse_another_data_set(out_dir: Path, doc: dict) -> None:
+    """``InputError`` when ``out_dir`` already holds cases of another data set (another generator,
+    seed, templates or settings: its classes.json differs beyond ``first_index``, or case folders
+    without a synthetic classes.json): writing into it would leave a mix that its classes.json
+    misdescribes. The same set again (or more of its cases) is fine."""
+    if not out_dir.is_dir():
+        return
+    path = out_dir / CLASSES_FILE
+    try:
+        existing = json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        existing = None
+    if existing is None:
+        if any(p.is_dir() and not p.name.startswith(".") for p in out_dir.iterdir()):
+            raise InputError(f"{out_dir}: already holds case folders that are not a synthetic data set of this tool: "
+                             f"give another --out")
+        return
+    def comparable(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k != "first_index"}
+    if comparable(existing) != comparable(json.loads(json.dumps(doc))):
+        differ = sorted(k for k in set(existing) | set(doc) if k != "first_index" and
+                        existing.get(k) != json.loads(json.dumps(doc)).get(k))
+        raise InputError(f"{out_dir}: holds another synthetic data set (different: {', '.join(differ)}): give another "
+                         f"--out, or delete it first")

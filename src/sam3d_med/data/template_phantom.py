@@ -202,6 +202,21 @@ real templates; the images are not scans. Layout as TotalSegmentator heart crops
 """
 
 
+def renumbered(template: Volume, label_map: dict[int, int] | None) -> Volume:
+    """The template with its labels renumbered by ``label_map`` (source value -> tutorial value; values
+    it does not name become background, as ``crop --labels`` does); unchanged without a map."""
+    if not label_map:
+        return template
+    values = np.asarray(template.data)
+    if values.min() < 0 or not np.all(np.mod(values, 1) == 0):
+        raise InputError("template label values must be whole numbers >= 0")
+    lookup = np.zeros(int(values.max()) + 1, dtype=np.uint8)
+    for source, target in label_map.items():
+        if 0 <= source < lookup.size:
+            lookup[source] = target
+    return Volume(lookup[values.astype(np.intp)], template.affine, template.header_forms)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -213,14 +228,16 @@ def _sha256(path: Path) -> str:
 def write_template_phantom_dataset(out_dir: str | Path, templates: list, n_cases: int, seed: int = 0,
                                    amplitude_mm: float = DEFAULT_AMPLITUDE_MM,
                                    smoothness_mm: float = DEFAULT_SMOOTHNESS_MM, axcodes: str = "LAS",
-                                   first_index: int = 1, progress: bool = False) -> list[Path]:
+                                   first_index: int = 1, progress: bool = False,
+                                   label_map: dict[int, int] | None = None) -> list[Path]:
     """Write ``n_cases`` template-based synthetic cases under ``out_dir``; returns the case folders.
 
     ``templates``: paths of label maps (NIfTI) in the tutorial's numbering, all read and checked
     before anything is written. Case ``n`` uses ``np.random.default_rng([seed, n])`` and template
     ``templates[(n - first_index) % len(templates)]``, so the templates are used in turn and any case
     can be regenerated alone. classes.json records the templates' file names and sha256, and the
-    deformation's amplitude and smoothness.
+    deformation's amplitude and smoothness. ``label_map``: the templates' own values -> the tutorial's
+    (``renumbered``), for label maps numbered otherwise (biv-me: {1: 2, 2: 5, 3: 4}).
     """
     paths = [Path(p) for p in templates]
     if not paths:
@@ -229,8 +246,10 @@ def write_template_phantom_dataset(out_dir: str | Path, templates: list, n_cases
         raise InputError(f"deformation amplitude must be 0 mm or more, got {amplitude_mm}")
     if not smoothness_mm > 0:
         raise InputError(f"deformation smoothness must be more than 0 mm, got {smoothness_mm}")
-    prepared = [prepare_template(load_volume(p, what="template label map"), name=str(p)) for p in paths]
+    prepared = [prepare_template(renumbered(load_volume(p, what="template label map"), label_map), name=str(p))
+                for p in paths]
     meta = dict(axcodes=axcodes, spacing_mm=PHANTOM_SPACING_MM,
+                **({"template_label_map": {str(k): v for k, v in sorted(label_map.items())}} if label_map else {}),
                 templates=[{"file": p.name, "sha256": _sha256(p), "labels": list(t.values)}
                            for p, t in zip(paths, prepared)],
                 template_order="case n uses templates[(n - first_index) % len(templates)]", first_index=first_index,
