@@ -337,3 +337,17 @@ def test_a_label_is_taken_by_the_one_grid_rule(tmp_path, crop):
     assert not summary.ok and not (tmp_path / "cache_mirrored" / "s0001_sdf.npy").exists()
     error = summary.failed["s0001"]
     assert "axes LPS vs LAS" in error and "centre shifted by [0.0, -189.0, 0.0] mm along R, A, S" in error
+
+
+def test_a_case_rewritten_since_it_was_preprocessed_is_done_again(tmp_path):
+    raw = tmp_path / "raw"
+    write_phantom_dataset(raw, 2, seed=3)
+    summary = run_preprocess(raw, tmp_path / "cache", PreprocessOptions(axes=(2,)), progress=False, log=lambda m: None)
+    assert summary.ok and not summary.reused
+    again = run_preprocess(raw, tmp_path / "cache", PreprocessOptions(axes=(2,)), progress=False, log=lambda m: None)
+    assert sorted(again.reused) == ["s0001", "s0002"]
+    label = raw / "s0002" / "s0002-label.nii.gz"
+    stat = label.stat()
+    os.utime(label, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the case's label written anew
+    redone = run_preprocess(raw, tmp_path / "cache", PreprocessOptions(axes=(2,)), progress=False, log=lambda m: None)
+    assert redone.reused == ["s0001"] and redone.ok

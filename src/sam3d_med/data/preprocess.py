@@ -209,6 +209,7 @@ def process_case(case_dir: str | Path, out_dir: str | Path, options: PreprocessO
     """Preprocess one case into ``out_dir``; returns its manifest record. Raises InputError."""
     case_dir, out_dir = Path(case_dir), Path(out_dir)
     case_id = case_dir.name
+    inputs = input_stamps(case_dir)  # before reading: a file rewritten meanwhile is redone next time
     with warnings.catch_warnings(record=True) as caught:  # geometry warnings go with the case's record
         warnings.simplefilter("always", GeometryWarning)
         image_hu, label, affine, image_path, label_path = _load_case(case_dir, options)
@@ -235,6 +236,7 @@ def process_case(case_dir: str | Path, out_dir: str | Path, options: PreprocessO
         "meshes": {},
         "slices": [],
         "options": options.fingerprint(),
+        "inputs": inputs,
     }
     record["warnings"] = [str(w.message) for w in caught if issubclass(w.category, GeometryWarning)]
     intensity_warning = hounsfield_check(image_hu)
@@ -271,8 +273,21 @@ def process_case(case_dir: str | Path, out_dir: str | Path, options: PreprocessO
     return record
 
 
-def _existing_record(out_dir: Path, case_id: str, options: PreprocessOptions) -> dict | None:
-    """The finished record of a case if it was made with the same options and its files exist."""
+def input_stamps(case_dir: Path) -> dict[str, list[int]]:
+    """{file name: [size in bytes, modification time in ns]} of a case's image and label files: what
+    tells a case folder rewritten since it was preprocessed (cheap: no file is read)."""
+    stamps = {}
+    for path in find_case_files(case_dir):
+        if path is not None:
+            stat = path.stat()
+            stamps[path.name] = [int(stat.st_size), int(stat.st_mtime_ns)]
+    return stamps
+
+
+def _existing_record(out_dir: Path, case_dir: Path, options: PreprocessOptions) -> dict | None:
+    """The finished record of a case if it was made with the same options from the same input files
+    (records from before input stamps were kept are taken as they are) and its files exist."""
+    case_id = case_dir.name
     path = out_dir / RECORDS_DIR / f"{case_id}.json"
     if not path.is_file():
         return None
@@ -281,6 +296,8 @@ def _existing_record(out_dir: Path, case_id: str, options: PreprocessOptions) ->
     except ValueError:
         return None
     if record.get("options") != options.fingerprint():
+        return None
+    if "inputs" in record and record["inputs"] != input_stamps(case_dir):
         return None
     if not all((out_dir / rel).is_file() for rel in _case_files(record)):
         return None
@@ -354,7 +371,7 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, options: Preproce
     todo = []
     existing_files = _index_outputs(out_dir)
     for case_dir in case_dirs:
-        record = None if overwrite else _existing_record(out_dir, case_dir.name, options)
+        record = None if overwrite else _existing_record(out_dir, case_dir, options)
         if record is not None:
             records[case_dir.name] = record
             summary.reused.append(case_dir.name)
@@ -364,7 +381,7 @@ def run_preprocess(input_dir: str | Path, out_dir: str | Path, options: Preproce
                 path.unlink(missing_ok=True)
             todo.append(case_dir)
     if summary.reused:
-        log(f"{len(summary.reused)} cases already done (same options); use --overwrite to redo them")
+        log(f"{len(summary.reused)} cases already done (same options, same input files); use --overwrite to redo them")
 
     bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress or not todo)
 
