@@ -277,7 +277,7 @@ def parse_eval_extras(args) -> tuple[str | None, dict[str, tuple[int, ...]]]:
         name, _, path = text.partition("=")
         if name != "unet" or not path:
             raise Sam3dMedError(f"--baseline {text}: give unet=CHECKPOINT (a checkpoint of sam3d-med train-unet)")
-        unet = str(preflight.existing_file(path, "--baseline unet", "U-Net checkpoint"))
+        unet = str(preflight.unet_checkpoint(path))
     given = [text.partition("=")[0].strip() for text in args.class_union]
     twice = sorted({name for name in given if given.count(name) > 1})
     if twice:

@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import ConfigError, InputError
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+UNET_CHECKPOINT_KIND = "sam3d_med.unet_baseline"  # model.unet_baseline.CHECKPOINT_KIND (a test keeps them equal)
 
 
 def existing_file(path: str | os.PathLike, flag: str, what: str) -> Path:
@@ -35,6 +36,23 @@ def training_checkpoint(path: str | os.PathLike, flag: str = "--checkpoint") -> 
     if not zipfile.is_zipfile(path):
         raise InputError(f"{flag} {path}: not a complete PyTorch checkpoint (truncated, or another kind of file); "
                          f"use best.pt, last.pt or an epoch_N.pt of training")
+    return path
+
+
+def unet_checkpoint(path: str | os.PathLike, flag: str = "--baseline unet") -> Path:
+    """A U-Net baseline checkpoint (``sam3d-med train-unet``): a PyTorch zip archive whose pickle names
+    its kind; a training checkpoint or another file is one line before torch loads (the pickle is only
+    searched for the kind's name, not unpickled: the full check is ``load_unet_baseline``'s)."""
+    path = existing_file(path, flag, "U-Net checkpoint")
+    expected = "expected a U-Net baseline checkpoint (written by sam3d-med train-unet)"
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{flag} {path}: not a torch file (truncated, or another kind of file); {expected}")
+    with zipfile.ZipFile(path) as archive:
+        pickles = [name for name in archive.namelist() if name.endswith("/data.pkl") or name == "data.pkl"]
+        data = archive.read(pickles[0]) if pickles else b""
+    if UNET_CHECKPOINT_KIND.encode() not in data:
+        what = "a LoRA / SAM3D training checkpoint" if b"sam3d-med-train" in data else "another torch file"
+        raise InputError(f"{flag} {path}: {what}, not a U-Net baseline; {expected}")
     return path
 
 

@@ -158,3 +158,15 @@ def test_loading_other_files_is_one_line(tmp_path):
     with pytest.raises(InputError) as exc:
         load_unet_baseline(state)
     assert "state dict" in one_line(exc)
+
+
+def test_the_argument_check_knows_the_checkpoint_kind(tmp_path):
+    from sam3d_med import preflight
+    from sam3d_med.model.unet_baseline import CHECKPOINT_KIND
+
+    assert preflight.UNET_CHECKPOINT_KIND == CHECKPOINT_KIND
+    model = UNetBaseline.create(2, 16, channels=(4, 8), strides=(2,), num_res_units=0)
+    assert preflight.unet_checkpoint(model.save(tmp_path / "u.pt")) == tmp_path / "u.pt"
+    torch.save({"format": "sam3d-med-train-1"}, tmp_path / "best.pt")
+    with pytest.raises(InputError, match="a LoRA / SAM3D training checkpoint, not a U-Net baseline"):
+        preflight.unet_checkpoint(tmp_path / "best.pt")
