@@ -55,6 +55,32 @@ def resample_isotropic(data: np.ndarray, affine: np.ndarray, spacing_mm: float, 
     return out, new_affine
 
 
+def centre_offset(have: int, want: int) -> int:
+    """Where a length-``want`` window starts in a length-``have`` axis, centres coinciding (negative:
+    the window is larger and the axis starts inside it)."""
+    return (int(have) - int(want)) // 2 if have >= want else -((int(want) - int(have)) // 2)
+
+
+def centred_on(array, shape, fill=0):
+    """``array`` (..., *grid), a numpy array or a torch tensor, cropped or padded with ``fill`` over its
+    last ``len(shape)`` axes to (..., *shape), the centres coinciding (``centre_offset``); the same
+    array when the shapes agree. Fitting back to the old shape undoes it where the window held the
+    data and fills the rest."""
+    shape = tuple(int(n) for n in shape)
+    have = tuple(array.shape[-len(shape):])
+    if have == shape:
+        return array
+    out_shape = (*array.shape[:-len(shape)], *shape)
+    out = array.new_full(out_shape, fill) if hasattr(array, "new_full") else np.full(out_shape, fill, dtype=array.dtype)
+    src, dst = [Ellipsis], [Ellipsis]
+    for n_have, n_want in zip(have, shape):
+        start = centre_offset(n_have, n_want)
+        src.append(slice(start, start + n_want) if start >= 0 else slice(0, n_have))
+        dst.append(slice(0, n_want) if start >= 0 else slice(-start, -start + n_have))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
 def canonical_resampled(volume: Volume, spacing_mm: float, order: int) -> Volume:
     """``volume`` in RAS+ canonical voxel order (``io.nifti.as_canonical``), then resampled to
     ``spacing_mm`` isotropic voxels (``resample_isotropic``; order 1 = linear, 0 = nearest): the grid

@@ -261,10 +261,8 @@ def refuse_another_data_set(out_dir: Path, doc: dict) -> None:
             raise InputError(f"{out_dir}: already holds case folders that are not a synthetic data set of this tool: "
                              f"give another --out")
         return
-    def comparable(d: dict) -> dict:
-        return {k: v for k, v in d.items() if k != "first_index"}
-    if comparable(existing) != comparable(json.loads(json.dumps(doc))):
-        differ = sorted(k for k in set(existing) | set(doc) if k != "first_index" and
-                        existing.get(k) != json.loads(json.dumps(doc)).get(k))
+    new = json.loads(json.dumps(doc))  # as the file will read (tuples as lists)
+    differ = sorted(k for k in set(existing) | set(new) if k != "first_index" and existing.get(k) != new.get(k))
+    if differ:
         raise InputError(f"{out_dir}: holds another synthetic data set (different: {', '.join(differ)}): give another "
                          f"--out, or delete it first")

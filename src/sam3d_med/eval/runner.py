@@ -52,7 +52,7 @@ from ..data.dataset import (POLICIES, SliceClassDataset, choose_slices, collate_
                             load_manifest, split_cases)
 from ..data.cache import case_grid, case_sdf
 from ..data.preprocess import case_fingerprint
-from ..data.geometry import bounding_box
+from ..data.geometry import bounding_box, centred_on
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_json, atomic_write_text
 from ..model.placement import SLICE_LOGIT, grid_points_mm, impose_input_slice, reconstruct_on_grid
@@ -97,25 +97,6 @@ class EvalOptions:
     def __post_init__(self):  # checked where the options are made, before any model is loaded
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy must be one of {POLICIES}")
-
-
-def centred_on(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """``array`` cropped or zero-padded symmetrically to ``shape`` (their centres coincide)."""
-    if array.shape == tuple(shape):
-        return array
-    out = np.zeros(shape, dtype=array.dtype)
-    src, dst = [], []
-    for have, want in zip(array.shape, shape):
-        if have >= want:
-            start = (have - want) // 2
-            src.append(slice(start, start + want))
-            dst.append(slice(0, want))
-        else:
-            start = (want - have) // 2
-            src.append(slice(0, have))
-            dst.append(slice(start, start + have))
-    out[tuple(dst)] = array[tuple(src)]
-    return out
 
 
 class TrainingPriors:
@@ -366,7 +347,8 @@ def unet_predictions(unet, data_root: Path, case: dict, samples: list, groups: d
     class): each from that slice's image and mask, with the class's training classes' inputs on."""
     from ..model.unet_baseline import cache_sample_input
 
-    inputs = np.stack([cache_sample_input(data_root, case, entry, cls, unet.num_classes, class_ids=groups[cls])
+    sdf = case_sdf(data_root, case)  # once for the batch's samples
+    inputs = np.stack([cache_sample_input(data_root, case, entry, cls, unet.num_classes, class_ids=groups[cls], sdf=sdf)
                        for _, entry, cls in samples])
     with torch.no_grad():
         return unet.predict_logits(torch.from_numpy(inputs).to(unet.device)).float().cpu().numpy()

@@ -77,10 +77,6 @@ class Volume:
         return voxel_spacing_mm(self.affine)
 
     @property
-    def grid(self) -> "Grid":
-        return Grid(tuple(int(n) for n in self.data.shape[:3]), np.asarray(self.affine, dtype=np.float64))
-
-    @property
     def axcodes(self) -> tuple[str, str, str]:
         return nib.aff2axcodes(self.affine)
 

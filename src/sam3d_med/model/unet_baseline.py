@@ -13,7 +13,7 @@ Output: one logit per voxel of that class's mask (p = sigmoid; mask = logit > 0)
 The network works on a fixed cube of ``side`` voxels (64 for the tutorial's 64^3 crops at 3 mm; a
 multiple of the product of the strides). A case of another shape is centre-cropped / zero-padded
 per axis to side^3 (``fit_centred``: the centres coincide, offset ``(have - want) // 2`` as
-``eval.runner.centred_on``), and the logits are put back on the case's grid the same way, with
+``data.geometry.centred_on``), and the logits are put back on the case's grid the same way, with
 ``OUTSIDE_LOGIT`` (certainly background) where the network saw nothing. The class channels are
 constant again after padding. An input plane that falls outside the centre side^3 window cannot be
 seen by the network: ``predict_logits`` refuses it (``plane_in_window`` tells beforehand).
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..data.cache import case_sdf
+from ..data.geometry import centre_offset, centred_on
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path
 from ..io.npz import read_npz
@@ -117,63 +118,33 @@ def unet_input(image_plane: np.ndarray, mask_plane: np.ndarray, axis: int, slice
 
 
 def cache_sample_input(cache_dir, case: dict, entry: dict, class_id: int, num_classes: int,
-                       class_ids=None) -> np.ndarray:
+                       class_ids=None, sdf: np.ndarray | None = None) -> np.ndarray:
     """``unet_input`` of one (case, slice entry, class) of a preprocessed cache: the slice file's CT
     window 0 image, and the class's mask on that plane from the signed distances (negative inside:
-    the same truth the evaluation scores against). ``class_ids``: as ``unet_input`` (the case's
-    ``class_id`` gives the mask; the model's ``class_ids`` are switched on)."""
+    the same truth the evaluation scores against; ``sdf``: the case's, when the caller holds them
+    already, else read). ``class_ids``: as ``unet_input`` (the case's ``class_id`` gives the mask; the
+    model's ``class_ids`` are switched on)."""
     cache_dir = Path(cache_dir)
     axis, slice_idx = int(entry["axis"]), int(entry["slice_idx"])
     image = read_npz(cache_dir / entry["file"], ("image",), "slice file")["image"][0]
-    mask = sdf_plane(cache_dir, case, class_id, axis, slice_idx) < 0
+    sdf = case_sdf(cache_dir, case) if sdf is None else sdf
+    if not 1 <= int(class_id) <= sdf.shape[0]:
+        raise InputError(f"case {case['case_id']}: class {class_id} is not in its signed distances (1..{sdf.shape[0]})")
+    mask = np.asarray(np.take(sdf[int(class_id) - 1], slice_idx, axis=axis)) < 0
     return unet_input(image, mask, axis, slice_idx, case["shape_ijk"], class_id, num_classes, class_ids)
 
 
-def load_case_sdf(cache_dir, case: dict) -> np.ndarray:
-    """The case's signed distances (C, I, J, K) mm, memory-mapped."""
-    return case_sdf(cache_dir, case)
-
-
-def sdf_plane(cache_dir, case: dict, class_id: int, axis: int, slice_idx: int) -> np.ndarray:
-    sdf = load_case_sdf(cache_dir, case)
-    if not 1 <= int(class_id) <= sdf.shape[0]:
-        raise InputError(f"case {case['case_id']}: class {class_id} is not in its signed distances (1..{sdf.shape[0]})")
-    return np.asarray(np.take(sdf[int(class_id) - 1], int(slice_idx), axis=int(axis)))
-
-
 # ----------------------------------------------------------------------------- the network's window
-def centre_offsets(have: int, want: int) -> int:
-    """Where a length-``want`` window starts in a length-``have`` axis, centres coinciding (negative:
-    the window is larger and the axis starts inside it)."""
-    return (int(have) - int(want)) // 2 if have >= want else -((int(want) - int(have)) // 2)
-
-
 def fit_centred(tensor: torch.Tensor, shape, fill: float = 0.0) -> torch.Tensor:
-    """``tensor`` (..., I, J, K) centre-cropped / padded with ``fill`` to (..., *shape): the centres
-    coincide (as ``eval.runner.centred_on``); fitting back to (I, J, K) undoes it where the window held
-    the data, and fills the rest."""
-    shape = tuple(int(n) for n in shape)
-    have = tuple(tensor.shape[-3:])
-    if have == shape:
-        return tensor
-    out = tensor.new_full((*tensor.shape[:-3], *shape), fill)
-    src, dst = [Ellipsis], [Ellipsis]
-    for n_have, n_want in zip(have, shape):
-        start = centre_offsets(n_have, n_want)
-        if start >= 0:
-            src.append(slice(start, start + n_want))
-            dst.append(slice(0, n_want))
-        else:
-            src.append(slice(0, n_have))
-            dst.append(slice(-start, -start + n_have))
-    out[tuple(dst)] = tensor[tuple(src)]
-    return out
+    """``tensor`` (..., I, J, K) centre-cropped / padded with ``fill`` to (..., *shape)
+    (``data.geometry.centred_on``, as the evaluation's mean shape is centred)."""
+    return centred_on(tensor, tuple(int(n) for n in shape)[-3:], fill)
 
 
 def plane_in_window(shape_ijk, axis: int, slice_idx: int, side: int) -> bool:
     """Whether the plane ``slice_idx`` along ``axis`` of a ``shape_ijk`` grid lies in the centre side^3
     window the network sees."""
-    index = int(slice_idx) - centre_offsets(int(shape_ijk[int(axis)]), int(side))
+    index = int(slice_idx) - centre_offset(int(shape_ijk[int(axis)]), int(side))
     return 0 <= index < int(side)
 
 

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.cache import case_sdf
 from ..data.dataset import load_manifest, split_cases
 from ..errors import ConfigError, InputError
 from ..model.unet_baseline import (DEFAULT_CHANNELS, DEFAULT_SIDE, DEFAULT_STRIDES, UNetBaseline, cache_sample_input,
-                                   check_side, load_case_sdf, load_unet_baseline, plane_in_window)
+                                   check_side, load_unet_baseline, plane_in_window)
 from ..runtime import keep_freed_memory_for_reuse
 
 DEFAULT_VAL_FRACTION = 0.1  # configs/train.yaml data.val_fraction: the same split as the LoRA run
@@ -53,10 +54,11 @@ def _batch(cache_dir: Path, samples, indices, num_classes: int, model: UNetBasel
     inputs, targets = [], []
     for i in indices:
         case, entry, cls = samples[int(i)]
-        x = torch.from_numpy(cache_sample_input(cache_dir, case, entry, cls, num_classes))[None]
         if case["case_id"] not in sdfs:
-            sdfs[case["case_id"]] = load_case_sdf(cache_dir, case)
-        y = torch.from_numpy(np.asarray(sdfs[case["case_id"]][cls - 1]) < 0).float()
+            sdfs[case["case_id"]] = case_sdf(cache_dir, case)
+        sdf = sdfs[case["case_id"]]
+        x = torch.from_numpy(cache_sample_input(cache_dir, case, entry, cls, num_classes, sdf=sdf))[None]
+        y = torch.from_numpy(np.asarray(sdf[cls - 1]) < 0).float()
         inputs.append(model.to_side(x)[0])
         targets.append(model.fit_target(y))
     return torch.stack(inputs), torch.stack(targets)
