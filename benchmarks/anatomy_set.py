@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from sam3d_med.data.classes import CLASSES_FILE, DEFAULT_CLASS_NAMES, class_names_document
+from sam3d_med.data.crop import relabelled
 from sam3d_med.data.real_anatomy import (HU_STYLES, labels_to_crop, surfaces_to_crop, synthesize_ct_hu,
                                          write_anatomy_case)
 from sam3d_med.io.atomic import atomic_write_json
@@ -84,10 +85,7 @@ def write_templates(anatomy_dir: Path, out: Path) -> dict[str, Path]:
         save_volume(paths["strocchi2020_case01"], label, affine, dtype=np.uint8)
     if not paths["bivme_patient1"].is_file():
         source = load_volume(anatomy_dir / "bivme_patient1" / "labels_ED_1mm.nii.gz", "biv-me labels", canonical=False)
-        lookup = np.zeros(256, dtype=np.uint8)
-        for value, target in BIVME_TO_TUTORIAL.items():
-            lookup[value] = target
-        save_volume(paths["bivme_patient1"], lookup[np.asarray(source.data, dtype=np.intp)], source.affine,
+        save_volume(paths["bivme_patient1"], relabelled(source.data, BIVME_TO_TUTORIAL), source.affine,
                     dtype=np.uint8, like=source)
     return paths
 

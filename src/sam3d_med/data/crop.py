@@ -54,6 +54,17 @@ def parse_label_map(text: str | None, available: list[int]) -> dict[int, int]:
     return mapping
 
 
+def relabelled(values: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
+    """uint8 labels of ``values`` (whole numbers >= 0, any shape) renumbered by ``label_map`` (source ->
+    target); values it does not name become 0 (background)."""
+    values = np.asarray(values)
+    lookup = np.zeros(int(values.max(initial=0)) + 1, np.uint8)
+    for source, target in label_map.items():
+        if 0 <= source < lookup.size:
+            lookup[source] = target
+    return lookup[values.astype(np.intp)]
+
+
 def crop_around_labels(image: Volume, label: Volume, label_map: dict[int, int], size: int = 64,
                        spacing_mm: float = 3.0) -> Crop:
     """The ``size``^3 crop at ``spacing_mm`` around the labels in ``label_map`` (module doc)."""
@@ -93,13 +104,8 @@ def crop_around_labels(image: Volume, label: Volume, label_map: dict[int, int], 
     image_hu = ndimage.affine_transform(np.asarray(image.data[window], dtype=np.float32), matrix, offset,
                                         output_shape=(size,) * 3, order=1, mode="constant", cval=AIR_HU,
                                         prefilter=False)
-    values = np.asarray(label.data[window])
-    lookup = np.zeros(int(values.max()) + 1, np.uint8)
-    for source, target in label_map.items():
-        if 0 <= source < lookup.size:
-            lookup[source] = target
-    crop_label = ndimage.affine_transform(lookup[values.astype(np.intp)], matrix, offset, output_shape=(size,) * 3,
-                                          order=0, mode="constant", cval=0, prefilter=False)
+    crop_label = ndimage.affine_transform(relabelled(label.data[window], label_map), matrix, offset,
+                                          output_shape=(size,) * 3, order=0, mode="constant", cval=0, prefilter=False)
     extent = high_mm - low_mm
     return Crop(image_hu=image_hu, label=crop_label.astype(np.uint8), affine=affine, extent_mm=extent,
                 cut=bool(np.any(extent > size * spacing_mm)))

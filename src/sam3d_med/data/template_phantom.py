@@ -44,6 +44,7 @@ from scipy.spatial.transform import Rotation
 from ..errors import InputError
 from ..io.nifti import Volume, load_volume
 from .classes import DEFAULT_CLASS_NAMES
+from .crop import relabelled
 from .deformation import integrate_velocity, jacobian_determinant, random_velocity_field, take_nearest
 from .phantom import PHANTOM_SHAPE, PHANTOM_SPACING_MM, orientation_affine, synthesize_hu, write_synthetic_dataset
 
@@ -210,11 +211,7 @@ def renumbered(template: Volume, label_map: dict[int, int] | None) -> Volume:
     values = np.asarray(template.data)
     if values.min() < 0 or not np.all(np.mod(values, 1) == 0):
         raise InputError("template label values must be whole numbers >= 0")
-    lookup = np.zeros(int(values.max()) + 1, dtype=np.uint8)
-    for source, target in label_map.items():
-        if 0 <= source < lookup.size:
-            lookup[source] = target
-    return Volume(lookup[values.astype(np.intp)], template.affine, template.header_forms)
+    return Volume(relabelled(values, label_map), template.affine, template.header_forms)
 
 
 def _sha256(path: Path) -> str:
