@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from ..data.dataset import cached_case_volumes
-from ..data.geometry import take_slice
+from ..data.geometry import canonical_resampled, take_slice
 from ..data.preprocess import window_ct
 from ..data.surfaces import mask_surface_mesh, signed_distance_mm
 from ..errors import InputError
 from ..eval.layout import case_figure_path, case_volumes_path
 from ..eval.metrics import segmentation_metrics
-from ..eval.predict import (canonical_resampled, canonical_slice, load_matching_label,
-                            reconstruct_logits, surface_of_logits, volume_frame_view, write_mesh)
+from ..eval.predict import (canonical_slice, load_matching_label, reconstruct_logits, surface_of_logits,
+                            volume_frame_view, write_mesh)
 from ..io.atomic import atomic_save_npz
 from ..io.npz import read_npz
 from ..io.nifti import load_volume, voxel_spacing_mm

@@ -23,11 +23,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy import ndimage
 
-from ..data.geometry import take_slice
+from ..data.geometry import canonical_resampled, take_slice
 from ..data.preprocess import CT_WINDOWS, window_ct
 from ..data.surfaces import voxel_volume_mm3
 from ..errors import InputError
-from ..eval.predict import (canonical_resampled, canonical_slice, load_matching_label, reconstruct_logits,
+from ..eval.predict import (canonical_slice, load_matching_label, reconstruct_logits,
                             slice_model_inputs, surface_of_logits, write_mesh)
 from ..io.atomic import atomic_path, atomic_write_json
 from ..io.nifti import load_volume, save_volume
