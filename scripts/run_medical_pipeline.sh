@@ -46,5 +46,8 @@ if [ -n "$lora_rank" ]; then
     overrides+=("lora.rank=$lora_rank")
     [ "$alpha_given" = 1 ] || overrides+=("lora.alpha=$((2 * lora_rank))")
 fi
+# errors about these settings name this script's options (sam3d_med.train.hydra_entry)
+export SAM3D_MED_OPTION_NAMES="training.batch_size=--batch_size,training.epochs=--epochs,\
+data.preprocess_crop_size=--preprocess_crop_size,lora.rank=--lora_rank,training.resume=--resume,data.slice_cache_dir=--data"
 echo "+ $PYTHON $HERE/train_medical_hydra.py ${overrides[*]}" >&2
 exec "$PYTHON" "$HERE/train_medical_hydra.py" "${overrides[@]}"

@@ -758,15 +758,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download the official SAM 3D Objects weights and configs")
     add_download_arguments(p)
     p.set_defaults(func=cmd_download)
+    for command in sub.choices.values():
+        command.set_defaults(flag_names=flag_names(command))
     return parser
 
 
+# library parameters that a command's option stands for under another name
+PARAMETER_FLAGS = {"label_path": "--label", "mask_png": "--mask", "pixel_spacing_mm": "--pixel_spacing",
+                   "class_unions": "--class_union", "exclude_classes": "--exclude_class"}
+
+
+def flag_names(command: argparse.ArgumentParser) -> dict[str, str]:
+    """{library parameter: this command's option}: an error about a parameter names the option the
+    user typed (``errors.Sam3dMedError.rendered``)."""
+    options = {action.dest: max(action.option_strings, key=len) for action in command._actions if action.option_strings}
+    return {**options, **{name: flag for name, flag in PARAMETER_FLAGS.items() if flag in options.values()}}
+
+
 def run_command(func, args) -> int:
-    """Run a command function; user-facing errors become one line on stderr and exit status 1."""
+    """Run a command function; user-facing errors become one line on stderr and exit status 1, in
+    the command's own option names."""
     try:
         return int(func(args) or 0)
     except Sam3dMedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.rendered(getattr(args, 'flag_names', {}))}", file=sys.stderr)
         return 1
     except NotImplementedError as exc:
         print(f"error: not implemented: {exc}", file=sys.stderr)

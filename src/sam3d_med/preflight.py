@@ -170,8 +170,8 @@ def absent_class_error(class_id: int, label_path, data) -> InputError | None:
     if (np.asarray(data) == class_id).any():
         return None
     values = [int(v) for v in np.unique(data) if v != 0]
-    return InputError(f"--class {class_id} does not occur in {label_path} (its label values: "
-                      f"{', '.join(map(str, values)) or 'none, only background'})")
+    return InputError(f"does not occur in {label_path} (its label values: "
+                      f"{', '.join(map(str, values)) or 'none, only background'})", parameter="class_id", value=class_id)
 
 
 def label_class(label_path: str | os.PathLike, class_id: int) -> None:

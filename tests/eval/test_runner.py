@@ -190,7 +190,7 @@ def test_test_classes_are_matched_to_training_classes_by_name_or_a_named_union()
     assert training_classes_of(train, train, None, "t") == {c: (c,) for c in range(1, 6)}
     assert training_classes_of({"1": "left_ventricle", "2": "myocardium"}, train, None, "t") == {1: (2,), 2: (5,)}
     both = {"1": "heart", "2": "pulmonary_artery"}
-    with pytest.raises(InputError, match=r"\['heart', 'pulmonary_artery'\] are not training classes.*--class_union heart="):
+    with pytest.raises(InputError, match=r"\['heart', 'pulmonary_artery'\] are not training classes.*class_unions heart="):
         training_classes_of(both, train, None, "t")
     with pytest.raises(InputError, match="pulmonary_artery"):  # a union for one: the other is still named
         training_classes_of(both, train, {"heart": (1, 2, 3, 4, 5)}, "t")
@@ -223,7 +223,7 @@ def test_a_whole_heart_is_scored_as_the_union_of_the_training_chambers(trained, 
     (raw / "classes.json").write_text(json.dumps({"class_names": {"1": "heart"}}))
     run_preprocess(raw, tmp_path / "cache", PreprocessOptions(classes=1, axes=(2,), class_names={1: "heart"}),
                    progress=False, log=lambda m: None)
-    with pytest.raises(InputError, match="--class_union heart="):
+    with pytest.raises(InputError, match="class_unions heart="):
         evaluate(trained / "ckpt" / "best.pt", tmp_path / "cache", tmp_path / "out", EvalOptions(steps=1),
                  log=lambda m: None)
     options = EvalOptions(steps=1, batch_size=4, class_unions={"heart": (1, 2, 3, 4, 5)})
@@ -292,7 +292,7 @@ def test_a_class_can_be_left_out_and_stray_names_are_refused():
 
     train = {"1": "left_atrium", "2": "left_ventricle", "3": "right_atrium", "4": "right_ventricle", "5": "myocardium"}
     both = {"1": "heart", "2": "pulmonary_artery"}
-    with pytest.raises(InputError, match="--exclude_class heart"):
+    with pytest.raises(InputError, match="exclude_classes heart"):
         training_classes_of(both, train, None, "t")
     assert training_classes_of(both, train, {"heart": (1, 2, 3, 4, 5)}, "t", ("pulmonary_artery",)) == {1: (1, 2, 3, 4, 5)}
     with pytest.raises(InputError, match=r"name classes \['aorta'\] that the test cache does not have"):

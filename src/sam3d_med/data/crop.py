@@ -47,10 +47,10 @@ def parse_label_map(text: str | None, available: list[int]) -> dict[int, int]:
         try:
             mapping[int(source)] = int(target) if target else int(source)
         except ValueError:
-            raise InputError(f"--labels {text!r}: give label values, e.g. 1,2,3 or 45:1,46:2, or a named source: "
-                             f"{', '.join(PUBLISHED_VALUES)}") from None
+            raise InputError(f"give label values, e.g. 1,2,3 or 45:1,46:2, or a named source: "
+                             f"{', '.join(PUBLISHED_VALUES)}", parameter="labels", value=repr(text)) from None
     if any(not 1 <= t <= 255 for t in mapping.values()):
-        raise InputError(f"--labels {text!r}: target labels must be in 1..255")
+        raise InputError("target labels must be in 1..255", parameter="labels", value=repr(text))
     return mapping
 
 

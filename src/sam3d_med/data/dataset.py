@@ -44,7 +44,7 @@ from ..errors import InputError
 from ..io.npz import read_npz
 from .geometry import take_slice, world_grid
 from .object_frame import DEFAULT_CUBE_MARGIN, ObjectCube, cube_sdf_mm, normalisation_of_slice, object_cube
-from .cache import case_grid, case_sdf
+from .cache import case_classes, case_grid, case_sdf, cases_of, class_pixels, slice_classes
 from .crop import AIR_HU
 from .preprocess import load_manifest  # noqa: F401 (imported from here by callers)
 from .preprocess import window_ct
@@ -52,11 +52,11 @@ from .volume_window import VolumeWindow, window_around
 
 BOX_FACTOR = 1.2
 AIR_WINDOWS = window_ct(np.full((1, 1, 1), AIR_HU))[:, 0, 0, 0]  # air in each CT window: the image's padding
-FRAMES = ("object", "volume")
-# What one pass over the dataset is: "pairs", every (case, class) pair once, each time with a slice
-# drawn afresh among those where the class has at least min_pixels (any cached axis), seeded by
-# (seed, epoch, index); "slices", every (slice, class) sample of the cache (exhaustive).
-EPOCH_MODES = ("pairs", "slices")
+# The target frames, and what one pass over the dataset is (``epoch_mode``): "pairs", every (case,
+# class) pair once, each time with a slice drawn afresh among those where the class has at least
+# min_pixels (any cached axis), seeded by (seed, epoch, index); "slices", every (slice, class) sample
+# of the cache (exhaustive). Declared with their settings (data.target_frame, data.epoch).
+from ..settings import EPOCH_MODES, TARGET_FRAMES as FRAMES  # noqa: E402
 # Which slice of each (case, class, axis) the evaluation conditions on (``choose_slices``); validation
 # uses the evaluation's default, so that best.pt is chosen by what the evaluation then measures.
 POLICIES = ("max_area", "center")
@@ -65,19 +65,19 @@ POLICIES = ("max_area", "center")
 def choose_slices(case: dict, axes, policy: str) -> list[tuple[dict, int]]:
     """(slice entry, class) per class present in the case and per axis, chosen by ``policy``."""
     chosen = []
-    for cls in sorted(int(c) for c, n in case["class_voxel_counts"].items() if n > 0):
+    for cls in case_classes(case):
         for axis in axes:
-            entries = [e for e in case["slices"] if e["axis"] == axis and e["class_pixel_counts"].get(str(cls), 0) > 0]
+            entries = [e for e in case["slices"] if e["axis"] == axis and class_pixels(e, cls) > 0]
             if not entries:
                 continue
             if policy == "max_area":
-                best = max(entries, key=lambda e: (e["class_pixel_counts"][str(cls)], -e["slice_idx"]))
+                best = max(entries, key=lambda e: (class_pixels(e, cls), -e["slice_idx"]))
             elif policy == "center":
-                weights = np.array([e["class_pixel_counts"][str(cls)] for e in entries], dtype=np.float64)
+                weights = np.array([class_pixels(e, cls) for e in entries], dtype=np.float64)
                 centroid = float(np.average([e["slice_idx"] for e in entries], weights=weights))
                 best = min(entries, key=lambda e: (abs(e["slice_idx"] - centroid), e["slice_idx"]))
             else:
-                raise InputError(f"--policy must be one of {POLICIES}")
+                raise InputError(f"must be one of {', '.join(POLICIES)}", parameter="policy", value=policy)
             chosen.append((best, cls))
     return chosen
 
@@ -235,17 +235,15 @@ class SliceClassDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        wanted = set(case_ids)
-        self.cases = {c["case_id"]: c for c in manifest["cases"] if c["case_id"] in wanted}
+        self.cases = {c["case_id"]: c for c in cases_of(manifest, case_ids)}
         self.case_index = {case_id: i for i, case_id in enumerate(sorted(self.cases))}
         self.samples: list[tuple[str, dict, int]] = []
         by_pair: dict[tuple[str, int], list[dict]] = {}
         for case_id in sorted(self.cases):
             for entry in self.cases[case_id]["slices"]:
-                for cls, count in sorted(entry["class_pixel_counts"].items(), key=lambda kv: int(kv[0])):
-                    if count >= min_pixels:
-                        self.samples.append((case_id, entry, int(cls)))
-                        by_pair.setdefault((case_id, int(cls)), []).append(entry)
+                for cls in slice_classes(entry, min_pixels):
+                    self.samples.append((case_id, entry, cls))
+                    by_pair.setdefault((case_id, cls), []).append(entry)
         if samples is not None:
             self.samples = list(samples)
         # (case, class, eligible slices), sorted by case then class

@@ -33,9 +33,9 @@ WITHOUT_CHAMBERS = {
 def named_label_map(name: str) -> dict[int, int] | None:
     """{tool's label value: tutorial class} for a named label source, None when ``name`` is not one."""
     if name in WITHOUT_CHAMBERS:
-        raise InputError(f"--labels {name}: {WITHOUT_CHAMBERS[name]}: run TotalSegmentator with "
-                         f"`--task heartchambers_highres` and use --labels heartchambers_highres, or v1's `total` "
-                         f"output with --labels totalseg_v1")
+        raise InputError(f"{WITHOUT_CHAMBERS[name]}: run TotalSegmentator with `--task heartchambers_highres` and "
+                         f"use {{labels}} heartchambers_highres, or v1's `total` output with {{labels}} totalseg_v1",
+                         parameter="labels", value=name)
     values = PUBLISHED_VALUES.get(name)
     if values is None:
         return None

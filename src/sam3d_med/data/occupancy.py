@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-OCCUPANCY_KINDS = ("solid", "surface")
+from ..settings import OCCUPANCY_KINDS  # noqa: F401 (data.occupancy's choices, declared with the setting)
 FILL_LOGIT = 10.0  # logit given to cells filled in by ``solid_logits_from_shell`` (p = 1 - 4.5e-5)
 
 

@@ -453,14 +453,14 @@ def resolve_class_names(input_dir: Path, classes: int, names_arg: str | None) ->
     heart order; returns (names, where they came from). Their number must equal ``classes``."""
     names, source = find_class_names(input_dir, names_arg)
     if sorted(names) != list(range(1, classes + 1)):
-        raise InputError(f"class names from {source} cover labels {sorted(names)}, but --classes is {classes}")
+        raise InputError(f"class names from {source} cover labels {sorted(names)}, but {{classes}} is {classes}")
     return names, source
 
 
 def parse_axes(text: str) -> tuple[int, ...]:
     axes = tuple(sorted({int(a) for a in re.split(r"[,\s]+", text.strip()) if a}))
     if not axes or any(a not in (0, 1, 2) for a in axes):
-        raise InputError(f"--axes must list array axes among 0,1,2 (got {text!r})")
+        raise InputError("must list array axes among 0,1,2", parameter="axes", value=text)
     return axes
 
 

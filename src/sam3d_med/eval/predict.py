@@ -120,9 +120,10 @@ def slice_model_inputs(image3_plane: np.ndarray, mask_plane: np.ndarray, affine:
 def canonical_slice(image: Volume, axis: int, slice_idx: int, spacing_mm: float) -> CanonicalSlice:
     """The stored slice ``slice_idx`` along stored ``axis`` on the model's grid (see module doc)."""
     if axis not in (0, 1, 2):
-        raise InputError(f"--axis must be 0, 1 or 2 (got {axis})")
+        raise InputError("must be 0, 1 or 2", parameter="axis", value=axis)
     if not 0 <= slice_idx < image.data.shape[axis]:
-        raise InputError(f"--slice_idx {slice_idx} is outside the image's {image.data.shape[axis]} slices along axis {axis}")
+        raise InputError(f"is outside the image's {image.data.shape[axis]} slices along axis {axis}",
+                         parameter="slice_idx", value=slice_idx)
     canon_image = canonical_resampled(image, spacing_mm, order=1)
     shape = canon_image.data.shape
     # The stored array axis becomes canonical axis ornt[axis, 0]; the canonical slice is the one through
@@ -283,7 +284,7 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
     view = canonical_slice(image, axis, slice_idx, spacing_mm)
     if label_path is not None:
         if class_id is None:
-            raise InputError("--label needs --class (the label value to reconstruct)")
+            raise InputError("{label_path} needs {class_id} (the label value to reconstruct)")
         label = load_matching_label(label_path, image)
         absent = absent_class_error(class_id, label_path, label.data)
         if absent is not None:
@@ -292,16 +293,18 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
         mask_plane = take_slice(present, axis, slice_idx)
         if not mask_plane.any():
             where = np.flatnonzero(present.any(axis=tuple(a for a in range(3) if a != axis)))
-            raise InputError(f"--class {class_id} is not on slice {slice_idx} along axis {axis}: it occurs on slices "
+            raise InputError(f"is not on slice {slice_idx} along axis {axis}: it occurs on slices "
                              f"{where.min()}..{where.max()} along that axis (largest: "
-                             f"{int(np.argmax(np.moveaxis(present, axis, 0).sum(axis=(1, 2))))})")
+                             f"{int(np.argmax(np.moveaxis(present, axis, 0).sum(axis=(1, 2))))})",
+                             parameter="class_id", value=class_id)
         mask_canon = view.mask_from_stored(mask_plane)
     elif mask_png is not None:
         mask_canon = view.mask_from_display_png(mask_png)
         if not mask_canon.any():
             raise InputError(f"{mask_png}: the mask is empty")
     else:
-        raise InputError("give the structure's mask: --mask slice-mask.png, or --label case-label.nii.gz --class N")
+        raise InputError("give the structure's mask: {mask_png} slice-mask.png, or {label_path} case-label.nii.gz "
+                         "{class_id} N")
     if not mask_canon.any():
         raise InputError("the mask does not reach any pixel of the model's grid (too small for its spacing)")
     if frame == "volume":

@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader
 from .. import __version__
 from ..data.dataset import (POLICIES, SliceClassDataset, choose_slices, collate_samples,
                             load_manifest, split_cases)
-from ..data.cache import case_grid, case_sdf
+from ..data.cache import case_grid, case_ids_of, case_sdf, case_spacing, cases_of
 from ..data.preprocess import case_fingerprint
 from ..data.geometry import bounding_box, centred_on
 from ..errors import ConfigError, InputError
@@ -58,6 +58,7 @@ from ..io.atomic import atomic_write_json, atomic_write_text
 from ..model.placement import SLICE_LOGIT, grid_points_mm, impose_input_slice, reconstruct_on_grid
 from ..model.sam3d import CONDITION_INPUTS
 from ..model.trained import TrainedModel, sampler_settings
+from ..settings import RunSettings
 from .layout import CASES_DIR, METRICS_CSV, METRICS_JSON, VIZ_DIR, case_figure_path, case_record_path
 from .metrics import DEFAULT_NSD_TOLERANCES_MM, NSD_DEFINITIONS, metric_table, segmentation_metrics, summarize
 
@@ -96,7 +97,7 @@ class EvalOptions:
 
     def __post_init__(self):  # checked where the options are made, before any model is loaded
         if self.policy not in POLICIES:
-            raise ConfigError(f"--policy must be one of {POLICIES}")
+            raise ConfigError(f"must be one of {', '.join(POLICIES)}", parameter="policy", value=self.policy)
 
 
 class TrainingPriors:
@@ -105,7 +106,7 @@ class TrainingPriors:
     ``classes``: the classes' label values, or {class: training labels it is the union of}."""
 
     def __init__(self, cache_dir: Path, manifest: dict, case_ids: list[str], classes):
-        cases = [c for c in manifest["cases"] if c["case_id"] in set(case_ids)]
+        cases = cases_of(manifest, case_ids)
         if not cases:
             raise InputError(f"{cache_dir}: none of the checkpoint's training cases are in this cache")
         groups = classes if isinstance(classes, dict) else {c: (c,) for c in classes}
@@ -187,9 +188,10 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
 
     data_root, output_dir = Path(data_root), Path(output_dir)
     manifest = load_manifest(data_root)
-    sampler = sampler_settings(model.cfg.sampler, cfg.get("validation", {}), options.steps, options.guidance,
+    run = RunSettings.from_config(cfg, legacy=True)
+    sampler = sampler_settings(model.cfg.sampler, run.validation, options.steps, options.guidance,
                                options.samples)
-    frame = cfg["data"].get("target_frame", "volume")
+    frame = run.data.target_frame
     unet = None
     if options.unet_checkpoint:
         from ..model.unet_baseline import load_unet_baseline
@@ -197,7 +199,7 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
         unet = load_unet_baseline(options.unet_checkpoint, device)
     protocol = _protocol(options, sampler, source, frame, weights, unet.identity() if unet else None)
 
-    train_cache = Path(options.train_cache or cfg["data"]["slice_cache_dir"])
+    train_cache = Path(options.train_cache or run.data.slice_cache_dir)
     if not (train_cache / "manifest.json").is_file():
         raise InputError(f"{train_cache}: the training cache is needed for the baselines (mean shape, extent); "
                          f"pass --train_cache")
@@ -205,8 +207,8 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
     names = manifest["class_names"]
     groups = training_classes_of(names, train_manifest["class_names"], options.class_unions, data_root,
                                  tuple(options.exclude_classes))
-    train_ids, _ = split_cases([c["case_id"] for c in train_manifest["cases"]], float(cfg["data"]["val_fraction"]),
-                               int(cfg["seed"]))
+    train_ids, _ = split_cases(case_ids_of(train_manifest), run.data.val_fraction,
+                               run.seed)
     leakage = leakage_warning(manifest, train_manifest)
     warnings = ([leakage] if leakage else []) + unseen_class_warnings(groups, names, train_manifest, train_ids)
     if unet is not None and not unet.training.get("completed", True):
@@ -220,7 +222,7 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
 
     cases = manifest["cases"][: options.max_cases] if options.max_cases else manifest["cases"]
     axes = manifest["options"]["axes"]
-    crop = tuple(cfg["data"]["preprocess_crop_size"])
+    crop = run.data.preprocess_crop_size
     cases_dir = output_dir / CASES_DIR
     cases_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -243,9 +245,9 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                   if cls in groups]  # excluded classes are not scored
         dataset = SliceClassDataset(data_root, manifest, [case["case_id"]], crop, min_pixels=1, frame=frame,
                                     cube_resolution=model.cfg.occupancy_resolution,
-                                    cube_margin=float(cfg["data"].get("cube_margin", 0.1)), samples=chosen)
+                                    cube_margin=run.data.cube_margin, samples=chosen)
         loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False, collate_fn=collate_samples)
-        spacing = case["spacing_mm"]
+        spacing = case_spacing(case)
         grid = case_grid(case)
         points = grid_points_mm(grid.shape, grid.affine, device) if frame == "object" else None
         case_records = []
@@ -304,8 +306,8 @@ def training_classes_of(names: dict, train_names: dict, unions: dict | None, dat
     unions = unions or {}
     stray = sorted((set(unions) | set(excluded)) - set(names.values()))
     if stray:
-        raise InputError(f"{data_root}: --class_union/--exclude_class name classes {stray} that the test cache does not "
-                         f"have (it has {sorted(names.values())})")
+        raise InputError(f"{data_root}: {{class_unions}}/{{exclude_classes}} name classes {stray} that the test cache "
+                         f"does not have (it has {sorted(names.values())})")
     groups, unknown = {}, []
     for value, name in sorted(names.items(), key=lambda kv: int(kv[0])):
         if name in excluded:
@@ -321,8 +323,8 @@ def training_classes_of(names: dict, train_names: dict, unions: dict | None, dat
             unknown.append(name)
     if unknown:
         raise InputError(f"{data_root}: classes {unknown} are not training classes ({train_names}): leave one out "
-                         f"(--exclude_class {unknown[0]}), or, when it is the union of training classes, name them "
-                         f"(--class_union {unknown[0]}=<training label values>)")
+                         f"({{exclude_classes}} {unknown[0]}), or, when it is the union of training classes, name "
+                         f"them ({{class_unions}} {unknown[0]}=<training label values>)")
     if not groups:
         raise InputError(f"{data_root}: every class is excluded: nothing to score")
     return groups
@@ -333,10 +335,9 @@ def unseen_class_warnings(groups: dict, names: dict, train_manifest: dict, train
     there): the model never saw it, the U-Net never had its input, the mean shape is empty."""
     wanted = set(train_ids)
     voxels: dict[int, int] = {}
-    for case in train_manifest["cases"]:
-        if case["case_id"] in wanted:
-            for value, count in case.get("class_voxel_counts", {}).items():
-                voxels[int(value)] = voxels.get(int(value), 0) + int(count)
+    for case in cases_of(train_manifest, wanted):
+        for value, count in case.get("class_voxel_counts", {}).items():
+            voxels[int(value)] = voxels.get(int(value), 0) + int(count)
     return [f"class {names[str(c)]}: none of the {len(wanted)} training cases has it (training classes "
             f"{list(group)}): the model and the U-Net never saw it and the mean_shape baseline is empty"
             for c, group in sorted(groups.items()) if not any(voxels.get(g, 0) for g in group)]

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass, field
-
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from ..errors import ConfigError
+from ..settings import LoraSettings  # the config's lora group, checked as built
 from .sam3d import SparseStructureModel
 
 SELF_ATTN_TARGETS = ("to_qkv", "to_out")
@@ -25,14 +24,6 @@ CROSS_ATTN_TARGETS = ("to_q", "to_kv", "to_out")
 LORA_MARKER = "lora_"
 
 
-@dataclass
-class LoraSettings:
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] = ("to_qkv", "to_out", "to_q", "to_kv")
-    include_mlp: bool = False
-    trainable_modules: tuple[str, ...] = field(default_factory=tuple)
 
 
 def target_regex(settings: LoraSettings) -> str:

@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..data.dataset import check_frame
-from ..data.occupancy import check_occupancy
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path
+from ..settings import RunSettings, ValidationSettings
 from .checkpoint import build_from_folder, tensors_digest
 from .config import SamplerConfig
-from .lora import LoraSettings, apply_lora, trainable_parameters
+from .lora import apply_lora, trainable_parameters
 from .release_files import component_files, require_weights_folder
 from .sam3d import SparseStructureModel
 
@@ -40,47 +39,46 @@ def _file_fingerprint(path: Path) -> dict:
     return {"size": path.stat().st_size, "sha256_head": digest.hexdigest()}
 
 
-def build_model(cfg: DictConfig) -> tuple[SparseStructureModel, dict]:
+def build_model(cfg: DictConfig | RunSettings) -> tuple[SparseStructureModel, dict]:
     """The model and the identity of its base weights."""
-    preset = cfg.model.preset
-    if cfg.model.get("checkpoint_dir"):
-        folder = require_weights_folder(cfg.model.checkpoint_dir)
+    run = RunSettings.of(cfg)
+    preset = run.model["preset"]
+    if run.model.get("checkpoint_dir"):
+        folder = require_weights_folder(run.model["checkpoint_dir"])
         model = build_from_folder(folder, preset=preset, log=log.info)
         names = [files[1] for files in component_files(folder).values()]
         identity = {"kind": "official", "files": {name: _file_fingerprint(folder / name) if (folder / name).is_file()
                                                   else "absent" for name in names}}
     else:
-        torch.manual_seed(int(cfg.model.get("init_seed", 0)))
+        torch.manual_seed(int(run.model.get("init_seed", 0)))
         model = SparseStructureModel.from_preset(preset)
-        identity = {"kind": "random-init", "preset": preset, "init_seed": int(cfg.model.get("init_seed", 0))}
-    model.occupancy = occupancy_setting(cfg)
+        identity = {"kind": "random-init", "preset": preset, "init_seed": int(run.model.get("init_seed", 0))}
+    model.occupancy = run.data.occupancy
     return model, identity
 
 
 
-def configure_trainable(model: SparseStructureModel, cfg: DictConfig, quiet: bool = False) -> None:
-    if cfg.training.train_base:
+def configure_trainable(model: SparseStructureModel, cfg: DictConfig | RunSettings, quiet: bool = False) -> None:
+    """Which parameters train: every weight (``training.train_base``) or LoRA adapters (``lora``);
+    ``ConfigError`` for both or neither."""
+    run = RunSettings.of(cfg)
+    run.check_trainable()
+    if run.training.train_base:
         model.requires_grad_(True)
         for name, param in model.named_parameters():
             if name.endswith("backbone.mask_token"):  # DINOv2's masked-image token: never used here
                 param.requires_grad_(False)
-        if cfg.lora.enabled:
-            raise ConfigError("training.train_base=true trains the whole model: set lora.enabled=false with it")
         return
-    if not cfg.lora.enabled:
-        raise ConfigError("nothing to train: enable lora (lora.enabled=true) or set training.train_base=true")
-    settings = LoraSettings(rank=int(cfg.lora.rank), alpha=float(cfg.lora.alpha), dropout=float(cfg.lora.dropout),
-                            targets=tuple(cfg.lora.targets), include_mlp=bool(cfg.lora.include_mlp),
-                            trainable_modules=tuple(cfg.lora.trainable_modules))
+    settings = run.lora
     adapted = apply_lora(model, settings)
     if not quiet:
         log.info("LoRA rank %d on %d layers; %d trainable parameters", settings.rank, len(adapted),
                  sum(p.numel() for p in trainable_parameters(model).values()))
 
 
-def trained_state(model: SparseStructureModel, cfg: DictConfig) -> dict[str, torch.Tensor]:
+def trained_state(model: SparseStructureModel, cfg: DictConfig | RunSettings) -> dict[str, torch.Tensor]:
     """What a checkpoint must hold beyond the base weights (all of it when the base is trained)."""
-    if cfg.training.train_base:
+    if RunSettings.of(cfg).training.train_base:
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return {k: v.detach().cpu().clone() for k, v in trainable_parameters(model).items()}
 
@@ -154,26 +152,28 @@ def sampler_settings(model_sampler, validation_cfg, steps: int | None = None, gu
     """The model's sampler, overridden by a run's ``validation`` settings (sampler_steps, cfg_strength,
     eval_samples), then by explicit ``steps``/``guidance``/``samples``: what validation used is what
     evaluation uses by default (except ``eval_samples``: validation itself samples once)."""
-    steps = steps or validation_cfg.get("sampler_steps") or model_sampler.steps
+    validation = (validation_cfg if isinstance(validation_cfg, ValidationSettings)
+                  else ValidationSettings.from_mapping(validation_cfg))
+    steps = steps or validation.sampler_steps or model_sampler.steps
     if guidance is None:
-        guidance = validation_cfg.get("cfg_strength")
-    samples = samples or validation_cfg.get("eval_samples") or model_sampler.samples
+        guidance = validation.cfg_strength
+    samples = samples or validation.eval_samples or model_sampler.samples
     if int(samples) < 1:
-        raise ConfigError(f"the number of samples averaged must be at least 1 (got {samples})")
+        raise ConfigError("must be at least 1 (draws averaged per input)", parameter="samples", value=samples)
     return replace(model_sampler, steps=int(steps), samples=int(samples),
                    cfg_strength=float(model_sampler.cfg_strength if guidance is None else guidance))
 
 
 
-def target_frame(cfg: DictConfig) -> str:
+def target_frame(cfg: DictConfig | RunSettings) -> str:
     """The run's target frame (``data.target_frame``; a checkpoint from before it existed: volume)."""
-    return check_frame(str(cfg.data.get("target_frame", "volume")))
+    return RunSettings.of(cfg).data.target_frame
 
 
 
-def occupancy_setting(cfg: DictConfig) -> str:
+def occupancy_setting(cfg: DictConfig | RunSettings) -> str:
     """What the SS occupancy holds in this run (``data.occupancy``; runs from before it: solid)."""
-    return check_occupancy(str(cfg.data.get("occupancy", "solid")))
+    return RunSettings.of(cfg).data.occupancy
 
 
 
@@ -204,8 +204,8 @@ class TrainedModel:
         base weights other than those it was trained on) and rebuild its model on ``device``."""
         model, payload = load_model_from_checkpoint(path, device)
         config = payload["config"]
-        return cls(model=model, config=config, frame=config["data"].get("target_frame", "volume"),
-                   crop_size=int(config["data"]["preprocess_crop_size"][0]),
-                   sampler=sampler_settings(model.cfg.sampler, config.get("validation", {}), steps, guidance, samples),
+        run = RunSettings.from_config(config, legacy=True)
+        return cls(model=model, config=config, frame=run.data.target_frame, crop_size=run.data.preprocess_crop_size[0],
+                   sampler=sampler_settings(model.cfg.sampler, run.validation, steps, guidance, samples),
                    weights={"base": payload["base_identity"], "trained_sha256": tensors_digest(payload["trained_state"])},
                    payload=payload, device=str(device))

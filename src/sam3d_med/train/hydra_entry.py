@@ -4,11 +4,16 @@ Every path setting (``PATH_KEYS``) means what the user typed: relative to the fo
 launched from, also with ``hydra.job.chdir=true`` (which moves the working directory into the run's
 output folder). They are made absolute against that folder before anything reads them, so the
 checkpoint stores absolute paths and an error names the absolute path it tried.
+
+An error about a setting names its key as typed here (``training.batch_size=0: ...``); a front end
+that calls this one with options of its own (``scripts/run_medical_pipeline.sh``) lists them in
+``SAM3D_MED_OPTION_NAMES`` (``key=--option,...``) and the error names its option instead.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -45,8 +50,9 @@ def run_training_job(cfg: DictConfig) -> int:
 
         summary = train(cfg, run_dir)
     except Sam3dMedError as exc:
-        _log_to_files(f"error: {exc}")  # the run's train.log keeps it; the console shows it once, on stderr
-        print(f"error: {exc}", file=sys.stderr)
+        message = f"error: {exc.rendered(option_names())}"
+        _log_to_files(message)  # the run's train.log keeps it; the console shows it once, on stderr
+        print(message, file=sys.stderr)
         return 1
     if summary["status"] == "interrupted":
         print(f"stopped ({'step limit' if not summary['signal'] else 'signal'}): state saved in "
@@ -59,6 +65,12 @@ def run_training_job(cfg: DictConfig) -> int:
           + (f" (untrained model: {before:.4f})" if before is not None else "")
           + f"; checkpoints in {summary['checkpoint_dir']}; log and curves in {summary['run_dir']}")
     return 0
+
+
+def option_names(text: str | None = None) -> dict[str, str]:
+    """{setting key: the calling front end's option} from ``SAM3D_MED_OPTION_NAMES`` (or ``text``)."""
+    text = os.environ.get("SAM3D_MED_OPTION_NAMES", "") if text is None else text
+    return dict(pair.split("=", 1) for pair in text.split(",") if "=" in pair)
 
 
 def _log_to_files(message: str) -> None:

@@ -43,7 +43,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -58,22 +58,11 @@ from ..data.occupancy import occupancy_of
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_save_npy, atomic_write_json
 from ..model.checkpoint import tensors_digest
+from ..settings import InversionSettings  # the config's latent_targets group, checked as built
 
 log = logging.getLogger("sam3d_med.train")
 TARGETS_DIR = "latent_targets"
 FORMAT = "sam3d-med-latent-targets-1"
-SOURCES = ("auto", "encoder", "inversion")
-
-
-@dataclass
-class InversionSettings:
-    steps: int = 150
-    learning_rate: float = 0.1
-    l2: float = 1e-3
-    batch_size: int = 8
-    target_dice: float = 0.98  # an optimisation batch stops when every volume reached this
-    init: str = "generator"  # z0: "generator" (the pretrained model's own sample) or "zero"
-    init_steps: int = 12  # sampler steps of the generator's sample
 
 
 def decoder_fingerprint(decoder: torch.nn.Module) -> str:
@@ -84,8 +73,7 @@ def decoder_fingerprint(decoder: torch.nn.Module) -> str:
 def resolve_source(source: str, has_encoder: bool, where: str = "the weights folder") -> str:
     """``latent_targets.source`` (auto, encoder, inversion) -> encoder or inversion; ``encoder``
     without one is one line saying what to do."""
-    if source not in SOURCES:
-        raise ConfigError(f"latent_targets.source must be one of {', '.join(SOURCES)} (got {source!r})")
+    source = InversionSettings(source=source).source  # checked as the setting is
     if source == "auto":
         return "encoder" if has_encoder else "inversion"
     if source == "encoder" and not has_encoder:
@@ -162,7 +150,7 @@ def targets_folder(cache_dir: str | Path, decoder: torch.nn.Module, settings: In
     being those of the refinement); with ``init="generator"`` inversion the generator
     (``generator_identity``)."""
     identity = {"format": FORMAT, "decoder_sha256": decoder_fingerprint(decoder), "frame": frame,
-                "settings": asdict(settings)}
+                "settings": {k: v for k, v in asdict(settings).items() if k != "source"}}
     if encoder is not None:
         identity.update(source="encoder", encoder_sha256=decoder_fingerprint(encoder))
         identity["settings"] = {k: v for k, v in identity["settings"].items() if k not in ("init", "init_steps")}

@@ -30,8 +30,6 @@ The 3-D terms (L_mask, L_sdf, L_vae) decode full volumes, the dominant cost on a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
@@ -42,17 +40,9 @@ from ..model.flow_transformer import SHAPE
 from ..model.pose import Pose
 from ..model.sam3d import CONDITION_INPUTS as CONDITION_KEYS
 from ..model.sam3d import SparseStructureModel
+from ..settings import LossWeights  # the config's loss group, checked as built
 
 
-@dataclass
-class LossWeights:
-    w_flow: float = 1.0
-    w_mask_loss: float = 1.0
-    w_sdf_loss: float = 0.5
-    w_vae_loss: float = 0.0
-    sdf_tau_mm: float = 6.0
-    decode_samples: int = 0  # 0: all samples of the batch
-    vae_latent_l2: float = 0.01
 
 
 def surface_weighted_bce(logits: torch.Tensor, occupancy: torch.Tensor, sdf_mm: torch.Tensor, tau_mm: float) -> torch.Tensor:

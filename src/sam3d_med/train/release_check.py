@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.cache import class_names_of
 from ..data.dataset import load_manifest
 from ..data.object_frame import DEFAULT_CUBE_MARGIN
 from ..data.occupancy import fill_shell, surface_shell
@@ -82,7 +83,7 @@ def check_release(config_dir: str | Path, data_root: str | Path, cases: int | No
     device = torch.device(device)
     encoder, decoder, config = load_vae_from_folder(config_dir, log=log)
     encoder, decoder = encoder.to(device), decoder.to(device)
-    names = {int(k): v for k, v in manifest.get("class_names", {}).items()}
+    names = class_names_of(manifest)
     result = ReleaseCheck()
     chosen = manifest["cases"][:cases] if cases else manifest["cases"]
     from tqdm import tqdm

@@ -18,7 +18,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from ..data.cache import case_ids_of, cases_of, class_names_of, class_pixels
 from ..data.dataset import (POLICIES, Augmentation, SliceClassDataset, choose_slices, collate_samples,
                             load_manifest, split_cases)
 from ..errors import ConfigError, InputError
@@ -38,8 +39,9 @@ from ..model.trained import (CHECKPOINT_FORMAT, build_model, configure_trainable
                              load_trained_state, occupancy_setting, read_training_checkpoint, sampler_settings,
                              save_training_checkpoint, target_frame, trained_state)
 from ..runtime import keep_freed_memory_for_reuse
-from .latent_targets import InversionSettings, ensure_latent_targets, resolve_source, round_trip_summary
-from .losses import LossWeights, TrainingObjective, dice
+from ..settings import RunSettings
+from .latent_targets import ensure_latent_targets, resolve_source, round_trip_summary
+from .losses import TrainingObjective, dice
 from .memory import SAFETY, GiB, estimate_training_memory, synthetic_batch
 
 log = logging.getLogger("sam3d_med.train")
@@ -85,17 +87,16 @@ def place_on_device(model: SparseStructureModel, cfg: DictConfig, device: torch.
     on when ``train.memory``'s estimate (x its safety factor) says the batch would not fit the GPU;
     when it would not fit even so, one line names the batch size that fits. On a CPU everything
     stays float32 and ``auto`` means off."""
-    setting = cfg.training.gradient_checkpointing
-    if setting not in (True, False, "auto"):
-        raise ConfigError(f"training.gradient_checkpointing must be true, false or auto (got {setting!r})")
+    run = RunSettings.of(cfg)
+    setting = run.training.gradient_checkpointing
     use = setting is True
     if device.type == "cuda":
-        if not cfg.training.train_base:
+        if not run.training.train_base:
             for param in model.parameters():
                 if not param.requires_grad:
                     param.data = param.data.to(torch.bfloat16)
         total = torch.cuda.get_device_properties(device).total_memory
-        use = checkpointing_decision(_memory_estimate(model, cfg, frame), int(cfg.training.batch_size), total, setting)
+        use = checkpointing_decision(_memory_estimate(model, run, frame), run.training.batch_size, total, setting)
     for block in model.generator.blocks:
         block.use_checkpoint = use
     model.to(device)
@@ -124,15 +125,10 @@ def _memory_estimate(model: SparseStructureModel, cfg: DictConfig, frame: str):
     with torch.device("meta"):
         meta = SparseStructureModel(model.cfg, with_encoder=model.encoder is not None)
     configure_trainable(meta, cfg, quiet=True)
-    weights = loss_weights(cfg)
-    crop = int(cfg.data.preprocess_crop_size[0])
+    run = RunSettings.of(cfg)
+    weights, crop = run.loss, run.data.preprocess_crop_size[0]
     return estimate_training_memory(meta, lambda m: TrainingObjective(m, weights, frame),
                                     lambda b: synthetic_batch(meta, b, crop, "meta"))
-
-
-def loss_weights(cfg: DictConfig) -> LossWeights:
-    """The loss weights of ``cfg.loss``, typed as ``LossWeights`` declares them."""
-    return LossWeights(**{k: type(v)(cfg.loss[k]) for k, v in asdict(LossWeights()).items()})
 
 
 # ----------------------------------------------------------------------------- checkpoint files
@@ -211,10 +207,11 @@ def validate(objective: TrainingObjective, loader: DataLoader, device: torch.dev
     model.eval()
     generator = torch.Generator(device=device).manual_seed(1234)
     losses, dices, one_step = [], [], []
-    budget = int(cfg.validation.reconstructions)
-    sampler = replace(sampler_settings(model.cfg.sampler, cfg.validation), samples=1)  # one draw: cheap
+    run = RunSettings.of(cfg)
+    budget = run.validation.reconstructions
+    sampler = replace(sampler_settings(model.cfg.sampler, run.validation), samples=1)  # one draw: cheap
     for index, batch in enumerate(loader):
-        if cfg.validation.get("max_batches") and index >= int(cfg.validation.max_batches):
+        if run.validation.max_batches and index >= run.validation.max_batches:
             break
         batch = _to_device(batch, device)
         with _autocast(device):
@@ -229,7 +226,7 @@ def validate(objective: TrainingObjective, loader: DataLoader, device: torch.dev
                           [truth[b].select(int(a), int(i)).float() for b, (a, i)
                            in enumerate(zip(inputs["axis"], inputs["slice_idx"]))])
                 for out, steps in ((dices, False), (one_step, True)):
-                    grid = reconstruct_on_grid(model, inputs, objective.frame, points, seed=int(cfg.seed),
+                    grid = reconstruct_on_grid(model, inputs, objective.frame, points, seed=run.seed,
                                                sampler=sampler, one_step=steps, input_planes=planes)
                     out += dice(impose_input_slice(grid.logits, *planes) > 0, truth).tolist()
     model.train()
@@ -253,8 +250,7 @@ class GeneratorStart:
 
         samples = []
         for case, index in pending:
-            cls = str(index + 1)
-            entry = max(case["slices"], key=lambda e: (e["class_pixel_counts"].get(cls, 0), -e["axis"], -e["slice_idx"]))
+            entry = max(case["slices"], key=lambda e: (class_pixels(e, index + 1), -e["axis"], -e["slice_idx"]))
             samples.append((case["case_id"], entry, index + 1))
         chosen = self.dataset.with_samples(samples)
         batch = collate_samples([chosen[i] for i in range(len(samples))])
@@ -274,17 +270,18 @@ def prepare_latent_targets(model: SparseStructureModel, cfg: DictConfig, manifes
     cached per case; the folder is returned (computed now for the cases not cached yet, shared out
     over the ranks). None when the VAE itself trains with the model (``training.train_base`` with
     ``loss.w_vae_loss`` > 0): the encoder then gives the targets batch by batch."""
-    occupancy = occupancy_setting(cfg)
-    if model.encoder is not None and cfg.training.train_base and float(cfg.loss.w_vae_loss) > 0:
+    run = RunSettings.of(cfg)
+    occupancy = run.data.occupancy
+    if model.encoder is not None and run.training.train_base and run.loss.w_vae_loss > 0:
         log.info("flow targets: the SS encoder's latents of the true occupancy (%s), batch by batch: the VAE trains "
                  "with the model", occupancy)
         return None
-    where = cfg.model.get("checkpoint_dir") or f"the {cfg.model.preset} preset"
-    source = resolve_source(str(cfg.latent_targets.get("source", "auto")), model.encoder is not None, where)
-    settings = InversionSettings(**{k: type(v)(cfg.latent_targets[k]) for k, v in asdict(InversionSettings()).items()})
-    cases = [c for c in manifest["cases"] if c["case_id"] in set(case_ids)]
+    where = run.model.get("checkpoint_dir") or f"the {run.model['preset']} preset"
+    settings = run.latent_targets
+    source = resolve_source(settings.source, model.encoder is not None, where)
+    cases = cases_of(manifest, case_ids)
     latent_shape = (model.cfg.flow.latent_channels,) + (model.cfg.flow.resolution,) * 3
-    frame = target_frame(cfg)
+    frame, data = run.data.target_frame, run.data
     start = None
     if source == "encoder":
         log.info("flow targets: the SS encoder's posterior mean of every (case, class) %s occupancy, refined by decoder "
@@ -296,19 +293,18 @@ def prepare_latent_targets(model: SparseStructureModel, cfg: DictConfig, manifes
                  else "latent_targets.source=inversion", occupancy,
                  "the pretrained generator's own sample" if settings.init == "generator" else "zero")
         if settings.init == "generator":
-            crop = tuple(int(x) for x in cfg.data.preprocess_crop_size)
-            dataset = SliceClassDataset(cfg.data.slice_cache_dir, manifest, case_ids, crop, 1, None, int(cfg.seed),
-                                        frame=frame, cube_resolution=model.cfg.occupancy_resolution,
-                                        cube_margin=float(cfg.data.cube_margin))
+            dataset = SliceClassDataset(data.slice_cache_dir, manifest, case_ids, data.preprocess_crop_size, 1, None,
+                                        run.seed, frame=frame, cube_resolution=model.cfg.occupancy_resolution,
+                                        cube_margin=data.cube_margin)
             start = GeneratorStart(model, dataset, replace(model.cfg.sampler, steps=settings.init_steps), ranks.device,
-                                   int(cfg.seed))
-    folder = ensure_latent_targets(cfg.data.slice_cache_dir, cases, model.decoder, settings, ranks.device, latent_shape,
-                                   model.cfg.occupancy_resolution, frame, float(cfg.data.cube_margin),
+                                   run.seed)
+    folder = ensure_latent_targets(data.slice_cache_dir, cases, model.decoder, settings, ranks.device, latent_shape,
+                                   model.cfg.occupancy_resolution, frame, data.cube_margin,
                                    ranks.rank, ranks.world_size, start_latents=start, generator_identity=identity,
                                    encoder=model.encoder if source == "encoder" else None, occupancy=occupancy)
     ranks.barrier()
     if ranks.is_main:
-        names = {int(k): v for k, v in manifest.get("class_names", {}).items()}
+        names = class_names_of(manifest)
         summary, worst = round_trip_summary(folder, cases, names)
         log.info("%s; targets in %s", summary, folder)
         if worst < LOW_ROUND_TRIP_DICE:
@@ -360,45 +356,45 @@ def training_data(cfg: DictConfig, model: SparseStructureModel, ranks: Ranks, id
                   seed: int) -> TrainingData:
     """The cache's cases split (``data.val_fraction``, ``seed``), their flow targets prepared
     (``prepare_latent_targets``), the datasets and loaders built (``InputError``: no training sample)."""
-    device = ranks.device
-    manifest = load_manifest(cfg.data.slice_cache_dir)
-    train_ids, val_ids = split_cases([c["case_id"] for c in manifest["cases"]], float(cfg.data.val_fraction), seed)
-    latent_dir = prepare_latent_targets(model, cfg, manifest, train_ids + val_ids, ranks, identity)
-    crop = tuple(int(x) for x in cfg.data.preprocess_crop_size)
-    augment = Augmentation() if cfg.data.augment else None
+    device, run = ranks.device, RunSettings.of(cfg)
+    data = run.data
+    manifest = load_manifest(data.slice_cache_dir)
+    train_ids, val_ids = split_cases(case_ids_of(manifest), data.val_fraction, seed)
+    latent_dir = prepare_latent_targets(model, run, manifest, train_ids + val_ids, ranks, identity)
+    crop = data.preprocess_crop_size
+    augment = Augmentation() if data.augment else None
     geometry = dict(latent_dir=latent_dir, frame=frame, cube_resolution=model.cfg.occupancy_resolution,
-                    cube_margin=float(cfg.data.cube_margin), epoch_mode=str(cfg.data.get("epoch", "slices")))
-    train_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, train_ids, crop, int(cfg.data.min_pixels), augment,
+                    cube_margin=data.cube_margin, epoch_mode=data.epoch)
+    train_set = SliceClassDataset(data.slice_cache_dir, manifest, train_ids, crop, data.min_pixels, augment,
                                   seed, **geometry)
     # validated as evaluated: each (case, class, axis) from its largest slice (the evaluation's default
     # policy), so that best.pt is chosen by what the evaluation then measures; in a fixed shuffled order,
     # so that the first validation.reconstructions samples spread over cases, classes and axes
-    held_out = set(val_ids)
-    evaluated = [(case["case_id"], entry, cls) for case in manifest["cases"] if case["case_id"] in held_out
+    evaluated = [(case["case_id"], entry, cls) for case in cases_of(manifest, val_ids)
                  for entry, cls in choose_slices(case, manifest["options"]["axes"], POLICIES[0])]
-    val_set = SliceClassDataset(cfg.data.slice_cache_dir, manifest, val_ids, crop, int(cfg.data.min_pixels), None, seed,
+    val_set = SliceClassDataset(data.slice_cache_dir, manifest, val_ids, crop, data.min_pixels, None, seed,
                                 **{**geometry, "epoch_mode": "slices"},
                                 samples=[evaluated[i] for i in np.random.default_rng(seed).permutation(len(evaluated))])
     if len(train_set) == 0:
-        raise InputError(f"{cfg.data.slice_cache_dir}: no training samples (cases {train_ids})")
+        raise InputError(f"{data.slice_cache_dir}: no training samples (cases {train_ids})")
     # best.pt is chosen by what exists: validation Dice, or without validation cases the training loss
     best_by = "val_dice" if len(val_set) else "train_loss"
     if best_by == "train_loss":
         log.warning("no validation: %d case(s) in the cache with data.val_fraction=%s leave none to hold out; "
                     "best.pt will be the epoch with the lowest training loss (nothing measures generalisation)",
-                    len(train_ids), cfg.data.val_fraction)
+                    len(train_ids), data.val_fraction)
     log.info("data: %d train cases (%d (case, class) pairs, %d (slice, class) samples), %d validation cases (%d "
              "pairs, validated on their %d largest slices per axis); crop %s; an epoch is %s", len(train_ids),
              len(train_set.pairs), len(train_set.samples), len(val_ids), len(val_set.pairs), len(val_set), list(crop),
              "every (case, class) pair once, with a slice drawn afresh" if train_set.epoch_mode == "pairs"
              else "every (slice, class) sample")
 
-    batch_size = int(cfg.training.batch_size)
+    batch_size = run.training.batch_size
     if ranks.world_size > 1:
         sampler = DistributedSampler(train_set, num_replicas=ranks.world_size, rank=ranks.rank, shuffle=True, seed=seed)
     else:
         sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(seed))
-    loader_kwargs = dict(batch_size=batch_size, num_workers=int(cfg.data.num_workers), drop_last=False,
+    loader_kwargs = dict(batch_size=batch_size, num_workers=data.num_workers, drop_last=False,
                          persistent_workers=False, pin_memory=device.type == "cuda", collate_fn=collate_samples)
     # Own generators: a loader without one draws its workers' base seed from the global RNG at every
     # epoch, which would make a resumed run differ from an uninterrupted one.
@@ -413,23 +409,25 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     (checkpoints) and ``run_dir`` (TensorBoard events, curves.png)."""
 
     run_dir = Path(run_dir)
-    ranks = Ranks(cfg.device)
+    run = RunSettings.from_config(cfg)  # every value checked once, here (config_check ran the same)
+    training = run.training
+    ranks = Ranks(run.device)
     device = ranks.device
     if device.type == "cpu":
         keep_freed_memory_for_reuse()
-    seed = int(cfg.seed)
+    seed = run.seed
     torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
 
     model, identity = build_model(cfg)
-    configure_trainable(model, cfg)
-    frame = target_frame(cfg)
-    place_on_device(model, cfg, device, frame)
+    configure_trainable(model, run)
+    frame = run.data.target_frame
+    place_on_device(model, run, device, frame)
 
-    data = training_data(cfg, model, ranks, identity, frame, seed)
+    data = training_data(run, model, ranks, identity, frame, seed)
     train_set, val_set, sampler = data.train_set, data.val_set, data.sampler
     train_loader, val_loader, best_by = data.train_loader, data.val_loader, data.best_by
 
-    weights = loss_weights(cfg)
+    weights = run.loss
     objective = TrainingObjective(model, weights, frame).to(device)
     log.info("target frame: %s (%s)", frame, "the structure in its own cube, placed by the predicted pose"
              if frame == "object" else "the scan's own grid, identity pose")
@@ -438,34 +436,34 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         stepper = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=float(cfg.training.learning_rate), weight_decay=float(cfg.training.weight_decay))
-    accum = max(1, int(cfg.training.grad_accum_steps))
-    max_batches = cfg.training.get("max_steps_per_epoch")
+    optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay)
+    accum = training.grad_accum_steps
+    max_batches = training.max_steps_per_epoch
     batches_per_epoch = len(train_loader) if not max_batches else min(len(train_loader), int(max_batches))
-    epochs = int(cfg.training.epochs)
+    epochs = training.epochs
     total_steps = max(1, epochs * math.ceil(batches_per_epoch / accum))
-    scheduler = warmup_cosine(optimizer, int(cfg.training.warmup_steps), total_steps)
+    scheduler = warmup_cosine(optimizer, training.warmup_steps, total_steps)
     scaler = torch.amp.GradScaler(enabled=False)  # bf16 needs no loss scaling; kept for the format
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     state = TrainState()
-    if cfg.training.get("resume"):
-        payload = read_training_checkpoint(cfg.training.resume)
+    if training.resume:
+        payload = read_training_checkpoint(training.resume)
         if payload["model_config"] != model.cfg.to_dict():
-            raise ConfigError(f"{cfg.training.resume}: trained with other model sizes "
+            raise ConfigError(f"{training.resume}: trained with other model sizes "
                               f"({payload['model_config']['name']}) than this run ({model.cfg.name}); use the same model=")
         if payload["base_identity"] != identity:
-            raise ConfigError(f"{cfg.training.resume}: trained on other base weights ({payload['base_identity']}) "
+            raise ConfigError(f"{training.resume}: trained on other base weights ({payload['base_identity']}) "
                               f"than this run ({identity})")
-        load_trained_state(model, payload["trained_state"], cfg.training.resume)
+        load_trained_state(model, payload["trained_state"], training.resume)
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         scaler.load_state_dict(payload["scaler"])
         restore_rng(payload["rng"])
         state = TrainState.from_payload(payload)
-        log.info("resumed from %s: epoch %d, batch %d, step %d", cfg.training.resume, state.start_epoch,
+        log.info("resumed from %s: epoch %d, batch %d, step %d", training.resume, state.start_epoch,
                  state.skip_batches, state.step)
-    checkpoints = CheckpointPolicy(Path(cfg.training.checkpoint_dir), int(cfg.training.save_every), epochs)
+    checkpoints = CheckpointPolicy(Path(training.checkpoint_dir), training.save_every, epochs)
 
     writer = None
     if ranks.is_main:
@@ -478,7 +476,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                     pending_epoch_end: dict | None = None) -> dict:
         """The checkpoint: the trained weights, optimiser, schedule, random states, config and the
         run's progress (``TrainState.progress``)."""
-        return {"format": CHECKPOINT_FORMAT, "trained_state": trained_state(model, cfg),
+        return {"format": CHECKPOINT_FORMAT, "trained_state": trained_state(model, run),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rng_states(), "config": resolved,
                 "model_config": model.cfg.to_dict(), "base_identity": identity,
@@ -490,7 +488,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         if not ranks.is_main:
             return
         if len(val_set):
-            record.update(validate(objective, val_loader, device, cfg))
+            record.update(validate(objective, val_loader, device, run))
         state.history.append(record)
         log.info("epoch %d: train_loss %.4f val_loss %.4f val_dice %.4f (sampled) %.4f (one step from noise)%s", epoch,
                  record["train_loss"], record.get("val_loss", float("nan")), record.get("val_dice", float("nan")),
@@ -505,12 +503,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         checkpoints.end_of_epoch(epoch, payload_for(epoch, 0), improved)
 
     loop = EpochLoop(train_loader, batches_per_epoch, accum, stepper, params, optimizer, scheduler,
-                     float(cfg.training.grad_clip or 0), device, ranks.world_size, ranks.is_main, writer)
+                     training.grad_clip, device, ranks.world_size, ranks.is_main, writer)
     status = "completed"
-    stop_after = cfg.training.get("stop_after_steps")
+    stop_after = training.stop_after_steps
     with StopRequest() as stop:
         if not state.history and ranks.is_main and len(val_set):
-            baseline = validate(objective, val_loader, device, cfg)
+            baseline = validate(objective, val_loader, device, run)
             state.history.append({"epoch": 0, "train_loss": None, **baseline})
             log.info("epoch 0 (untrained): val_loss %.4f val_dice %.4f (sampled) %.4f (one step from noise)",
                      baseline["val_loss"], baseline["val_dice"], baseline["val_dice_one_step"])

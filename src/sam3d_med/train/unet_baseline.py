@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.cache import case_sdf
+from ..data.cache import case_ids_of, case_sdf, cases_of, slice_classes
 from ..data.dataset import load_manifest, split_cases
 from ..errors import ConfigError, InputError
 from ..model.unet_baseline import (DEFAULT_CHANNELS, DEFAULT_SIDE, DEFAULT_STRIDES, UNetBaseline, cache_sample_input,
@@ -39,11 +39,10 @@ FINAL_LOSS_STEPS = 20  # final_loss: the mean loss of the last this many steps (
 def training_samples(manifest: dict, case_ids: list[str], num_classes: int) -> list[tuple[dict, dict, int]]:
     """(case, slice entry, class) for every cached slice of ``case_ids`` and every class 1..num_classes
     with at least one pixel on it, in a fixed order (case, file order, class)."""
-    wanted = set(case_ids)
     samples = []
-    for case in sorted((c for c in manifest["cases"] if c["case_id"] in wanted), key=lambda c: c["case_id"]):
+    for case in sorted(cases_of(manifest, case_ids), key=lambda c: c["case_id"]):
         for entry in case["slices"]:
-            for cls in sorted(int(c) for c, n in entry["class_pixel_counts"].items() if n >= 1):
+            for cls in slice_classes(entry):
                 if cls <= num_classes:
                     samples.append((case, entry, cls))
     return samples
@@ -91,7 +90,7 @@ def train_unet(train_cache, out_path, *, steps: int, batch_size: int, lr: float 
     if not 1 <= num_classes <= cache_classes:
         raise ConfigError(f"num_classes must be 1..{cache_classes} (the cache's classes), got {num_classes}")
     class_names = {str(c): names[str(c)] for c in range(1, num_classes + 1)}
-    train_ids, val_ids = split_cases([c["case_id"] for c in manifest["cases"]], float(val_fraction), int(seed))
+    train_ids, val_ids = split_cases(case_ids_of(manifest), float(val_fraction), int(seed))
     samples = training_samples(manifest, train_ids, num_classes)
     seen = [s for s in samples if plane_in_window(s[0]["shape_ijk"], s[1]["axis"], s[1]["slice_idx"], side)]
     if len(seen) < len(samples):
@@ -102,7 +101,7 @@ def train_unet(train_cache, out_path, *, steps: int, batch_size: int, lr: float 
     device = torch.device(resolve_device(str(device)))
     if device.type == "cpu":
         keep_freed_memory_for_reuse()  # as the LoRA trainer: 64^3 batches reuse freed memory (runtime.py)
-    shapes = sorted({tuple(c["shape_ijk"]) for c in manifest["cases"] if c["case_id"] in set(train_ids)})
+    shapes = sorted({tuple(c["shape_ijk"]) for c in cases_of(manifest, train_ids)})
     log(f"U-Net baseline: {len(train_ids)} training cases ({len(val_ids)} held out as the LoRA run's validation, "
         f"val_fraction {val_fraction}, seed {seed}), {len(samples)} (slice, class) samples, {num_classes} classes, "
         f"grids {', '.join('x'.join(map(str, s)) for s in shapes)} -> window {side}^3; {steps} steps of batch "

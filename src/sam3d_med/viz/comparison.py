@@ -107,10 +107,11 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
             raise InputError(f"{label_path}: no labelled structure ({sorted(class_names)}) on slice {slice_idx} along axis {axis}")
     elif mask_png is not None:
         if class_id is None:
-            raise InputError("--mask needs --class (the label value of the structure, for its colour and name)")
+            raise InputError("{mask_png} needs {class_id} (the label value of the structure, for its colour and name)")
         canonical_masks = {int(class_id): view.mask_from_display_png(mask_png)}
     else:
-        raise InputError("give the structures' masks: --label case-label.nii.gz, or --mask slice-mask.png --class N")
+        raise InputError("give the structures' masks: {label_path} case-label.nii.gz, or {mask_png} slice-mask.png "
+                         "{class_id} N")
     if label_path is not None:
         canonical_masks = {c: view.mask_from_stored(m) for c, m in masks.items()}
     canonical_masks = {c: m for c, m in canonical_masks.items() if m.any()}

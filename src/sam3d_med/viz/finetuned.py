@@ -79,11 +79,11 @@ def reconstruct_from_png(model, image_png: str | Path, mask_png: str | Path, out
     and ``summary.json`` (with the assumptions) into ``out_dir``. Returns the summary."""
     image_png, mask_png, out_dir = Path(image_png), Path(mask_png), Path(out_dir)
     if axis not in (0, 1, 2):
-        raise InputError(f"--axis must be 0, 1 or 2 (got {axis})")
+        raise InputError("must be 0, 1 or 2", parameter="axis", value=axis)
     resolution = model.cfg.occupancy_resolution
     pixel_mm = float(pixel_spacing_mm or spacing_mm)
     if pixel_mm <= 0:
-        raise InputError("--pixel_spacing must be positive (mm)")
+        raise InputError("must be positive (mm)", parameter="pixel_spacing_mm", value=pixel_spacing_mm)
     windows_display, intensity_note = read_image_png(image_png, png_window)
     mask_display = read_mask_png(mask_png, windows_display.shape[1:])
     if not mask_display.any():
