@@ -17,10 +17,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from .data.frames import FRAME_NAMES as TARGET_FRAMES  # data.target_frame: the registry's frames
 from .errors import ConfigError
 
-DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
-TARGET_FRAMES = ("object", "volume")  # data.target_frame: what the flow predicts (see data.dataset)
 OCCUPANCY_KINDS = ("solid", "surface")  # data.occupancy (see data.occupancy)
 EPOCH_MODES = ("pairs", "slices")  # data.epoch (see data.dataset)
 LEGACY_DEFAULTS = {"data.target_frame": "volume", "data.occupancy": "solid", "data.epoch": "slices"}

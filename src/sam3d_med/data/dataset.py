@@ -5,17 +5,13 @@ Inputs are built the way SAM3D's sparse-structure stage expects them, at ``crop_
   (parts outside the slice are padding): ``image`` (3,S,S) bilinear, ``mask`` (1,S,S) and
   ``pointmap`` (3,S,S) nearest. Padding has NaN points (= "no point").
 - full frame: the whole slice padded to a square: ``rgb_image``, ``rgb_image_mask``, ``rgb_pointmap``.
-The pointmaps depend on the target frame (``FRAMES``):
-- ``object`` (default; SAM3D as built): both pointmaps normalised as the official preprocessor does
-  (ObjectCentricSSI with the scene scale, ``object_frame.normalisation_of_slice``): minus the median
-  of the slice's masked points, divided by the median over the slice's pixels of max_axis |p - shift|.
-  The targets are the structure in its own cube and the pose of that cube (``object_frame``).
-- ``volume`` (the earlier formulation, kept for comparison): the crop's pointmap normalised
-  object-centrically over its masked pixels, the full frame's in volume grid coordinates in [-1, 1]
-  (where the slice lies in the 64^3 grid that the output occupancy is then defined on). A case whose
-  grid is not 64^3 is seen through the 64^3 window around its labelled structures
-  (``volume_window``): inputs, targets, affine and slice index are the window's, and
-  ``window_start`` (3,) says where it lies in the case's grid.
+The pointmaps depend on the target frame (``frames``: ``object``, SAM3D as built, both pointmaps
+normalised as the official preprocessor does, minus the median of the slice's masked points, divided
+by the median over the slice's pixels of max_axis |p - shift|, the targets being the structure in its
+own cube and that cube's pose; ``volume``, the earlier formulation, where a case whose grid is not
+64^3 is seen through the 64^3 window around its labelled structures (``volume_window``): inputs,
+targets, affine and slice index are the window's, and ``window_start`` (3,) says where it lies in the
+case's grid).
 The normalisation is returned with the sample (``pointmap_shift`` in mm, ``pointmap_scale`` in mm:
 world mm = pointmap * scale + shift). Targets on the cache's canonical grid: ``occupancy``
 (1, I, J, K) = label == class and ``sdf`` (1, I, J, K) in mm; ``axis``/``slice_idx`` locate the
@@ -43,7 +39,8 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from ..io.npz import read_npz
 from .geometry import take_slice, world_grid
-from .object_frame import DEFAULT_CUBE_MARGIN, ObjectCube, cube_sdf_mm, normalisation_of_slice, object_cube
+from .object_frame import DEFAULT_CUBE_MARGIN, ObjectCube, object_cube
+from .frames import TargetFrame, target_frame
 from .cache import case_classes, case_grid, case_sdf, cases_of, class_pixels, slice_classes
 from .crop import AIR_HU
 from .preprocess import load_manifest  # noqa: F401 (imported from here by callers)
@@ -52,11 +49,11 @@ from .volume_window import VolumeWindow, window_around
 
 BOX_FACTOR = 1.2
 AIR_WINDOWS = window_ct(np.full((1, 1, 1), AIR_HU))[:, 0, 0, 0]  # air in each CT window: the image's padding
-# The target frames, and what one pass over the dataset is (``epoch_mode``): "pairs", every (case,
-# class) pair once, each time with a slice drawn afresh among those where the class has at least
-# min_pixels (any cached axis), seeded by (seed, epoch, index); "slices", every (slice, class) sample
-# of the cache (exhaustive). Declared with their settings (data.target_frame, data.epoch).
-from ..settings import EPOCH_MODES, TARGET_FRAMES as FRAMES  # noqa: E402
+# What one pass over the dataset is (``epoch_mode``): "pairs", every (case, class) pair once, each
+# time with a slice drawn afresh among those where the class has at least min_pixels (any cached
+# axis), seeded by (seed, epoch, index); "slices", every (slice, class) sample of the cache
+# (exhaustive). Declared with its setting (data.epoch).
+from ..settings import EPOCH_MODES  # noqa: E402
 # Which slice of each (case, class, axis) the evaluation conditions on (``choose_slices``); validation
 # uses the evaluation's default, so that best.pt is chosen by what the evaluation then measures.
 POLICIES = ("max_area", "center")
@@ -140,15 +137,9 @@ def object_centric(pointmap: torch.Tensor, mask: torch.Tensor):
     return (pointmap - shift[:, None, None]) / scale, shift, scale
 
 
-def check_frame(frame: str) -> str:
-    if frame not in FRAMES:
-        raise InputError(f"data.target_frame must be one of {FRAMES} (got {frame!r})")
-    return frame
-
-
 def condition_inputs(image: torch.Tensor, mask: torch.Tensor, pointmap: torch.Tensor, affine: np.ndarray,
                      shape_ijk: tuple[int, int, int], size: int, angle: float = 0.0, scale: float = 1.0,
-                     jitter: tuple[float, float] | None = None, frame: str = "object") -> dict:
+                     jitter: tuple[float, float] | None = None, frame: str | TargetFrame = "object") -> dict:
     """The model's inputs from one slice: ``image`` (3,H,W) in [0,1], ``mask`` (1,H,W) of the class,
     ``pointmap`` (3,H,W) world mm, on a grid of ``shape_ijk`` with ``affine``; ``angle`` (radians),
     ``scale`` and ``jitter`` (contrast, brightness) are the augmentation (none by default); ``frame``
@@ -163,23 +154,11 @@ def condition_inputs(image: torch.Tensor, mask: torch.Tensor, pointmap: torch.Te
     side = BOX_FACTOR * (max(rows.max() - rows.min(), cols.max() - cols.min()).item() + 1)
     crop = _views(image, mask, pointmap, _square_grid(centre, side, size, (H, W), angle, scale))
     full = _views(image, mask, pointmap, _square_grid(((H - 1) / 2, (W - 1) / 2), max(H, W), size, (H, W), angle, scale))
-    if check_frame(frame) == "object":
-        # moments of the whole slice as it is (before any augmentation), applied to both views
-        shift_mm, scale_mm = normalisation_of_slice(pointmap.numpy(), mask[0].numpy())
-        shift = torch.tensor(shift_mm, dtype=torch.float32)
-        point_scale = torch.tensor(scale_mm, dtype=torch.float32)
-        return {"image": crop[0], "mask": crop[1], "pointmap": (crop[2] - shift[:, None, None]) / point_scale,
-                "pointmap_shift": shift, "pointmap_scale": point_scale,  # world mm = pointmap * scale + shift
-                "rgb_image": full[0], "rgb_image_mask": full[1],
-                "rgb_pointmap": (full[2] - shift[:, None, None]) / point_scale}
-    # volume frame: full-frame points in volume grid coordinates, [-1, 1] per axis
-    inv = torch.from_numpy(np.linalg.inv(affine)).float()
-    ijk = torch.einsum("ab,bhw->ahw", inv[:3, :3], full[2]) + inv[:3, 3, None, None]
-    grid_points = 2 * ijk / torch.tensor(shape_ijk, dtype=torch.float32)[:, None, None].sub(1) - 1
-    points, shift, point_scale = object_centric(crop[2], crop[1])
+    points, full_points, shift, point_scale = target_frame(frame).condition_pointmaps(
+        crop[2], crop[1], full[2], pointmap.numpy(), mask[0].numpy(), affine, shape_ijk)
     return {"image": crop[0], "mask": crop[1], "pointmap": points,
             "pointmap_shift": shift, "pointmap_scale": point_scale,  # world mm = pointmap * scale + shift
-            "rgb_image": full[0], "rgb_image_mask": full[1], "rgb_pointmap": grid_points}
+            "rgb_image": full[0], "rgb_image_mask": full[1], "rgb_pointmap": full_points}
 
 
 # Per-sample fields whose size follows the case's grid (scans of any size): padded at the far end of
@@ -212,7 +191,7 @@ def collate_samples(samples: list[dict]) -> dict:
 class SliceClassDataset(Dataset):
     def __init__(self, cache_dir: str | Path, manifest: dict, case_ids: list[str], crop_size: tuple[int, int],
                  min_pixels: int = 10, augment: Augmentation | None = None, seed: int = 0,
-                 latent_dir: str | Path | None = None, frame: str = "object", cube_resolution: int = 64,
+                 latent_dir: str | Path | None = None, frame: str | TargetFrame = "object", cube_resolution: int = 64,
                  cube_margin: float = DEFAULT_CUBE_MARGIN, epoch_mode: str = "slices",
                  samples: list[tuple[str, dict, int]] | None = None):
         """``latent_dir``: folder of precomputed flow targets (``<case>.npy``, float32 (C, c, R, R, R),
@@ -227,7 +206,7 @@ class SliceClassDataset(Dataset):
         self.epoch_mode = epoch_mode
         self.cache_dir = Path(cache_dir)
         self.latent_dir = Path(latent_dir) if latent_dir is not None else None
-        self.frame = check_frame(frame)
+        self.frame = target_frame(frame)
         self.cube_resolution, self.cube_margin = int(cube_resolution), float(cube_margin)
         if crop_size[0] != crop_size[1]:
             raise InputError(f"data.preprocess_crop_size must be square (SAM3D crops are square), got {list(crop_size)}")
@@ -253,8 +232,8 @@ class SliceClassDataset(Dataset):
         # volume frame: each case seen through the decoder's n^3 window around its structures (the
         # identity for an n^3 crop); found here, so a case that cannot fit stops the run at its start
         self.windows: dict[str, VolumeWindow] = {}
-        if self.frame == "volume":
-            self.windows = {case_id: case_volume_window(self._sdf(case_id), self.cube_resolution, case_id)
+        if self.frame.windowed:
+            self.windows = {case_id: self.frame.window(self._sdf(case_id), self.cube_resolution, case_id)
                             for case_id in sorted(self.cases)}
 
     def with_samples(self, samples: list[tuple[str, dict, int]]) -> "SliceClassDataset":
@@ -329,13 +308,8 @@ class SliceClassDataset(Dataset):
         if window is not None:
             sample["window_start"] = torch.tensor(window.start, dtype=torch.long)
         sdf = torch.from_numpy(sdf_volume)[None]
-        if self.frame == "object":
-            cube = self.cube(case_id, cls)
-            cube_sdf = torch.from_numpy(cube_sdf_mm(sdf_volume, affine, cube, self.cube_resolution))[None]
-            sample.update(cube_centre_mm=torch.tensor(cube.centre_mm, dtype=torch.float32),
-                          cube_side_mm=torch.tensor(cube.side_mm, dtype=torch.float32),
-                          cube_sdf=cube_sdf, cube_occupancy=(cube_sdf < 0).float(),
-                          slice_points=pointmap, slice_mask=mask)
+        cube = self.cube(case_id, cls) if self.frame.placed_by_pose else None
+        sample.update(self.frame.sample_targets(cube, sdf_volume, affine, self.cube_resolution, pointmap, mask))
         if self.latent_dir is not None:
             latents = np.load(self.latent_dir / f"{case_id}.npy", mmap_mode="r")
             sample["shape_latent"] = torch.from_numpy(np.array(latents[cls - 1], dtype=np.float32))

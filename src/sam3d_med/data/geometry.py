@@ -8,8 +8,13 @@ axes in increasing order, so its pixel [h, w] is voxel:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    import torch
 
 from ..io.nifti import Volume, as_canonical, voxel_spacing_mm
 
@@ -143,3 +148,22 @@ def voxel_to_world(points_ijk: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Map voxel indices (..., 3) [i, j, k] to world RAS+ mm (..., 3)."""
     affine = np.asarray(affine, dtype=np.float64)
     return points_ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
+def grid_points_mm(shape_ijk, affine: np.ndarray, device=None) -> torch.Tensor:
+    """(1, I, J, K, 3) float32 world mm of a grid's voxel centres."""
+    import torch
+
+    points = np.moveaxis(world_grid(tuple(shape_ijk), affine, dtype=np.float32), 0, -1)
+    return torch.from_numpy(np.ascontiguousarray(points))[None].to(device)
+
+
+def grid_points_of_affines(affines: torch.Tensor, shape_ijk) -> torch.Tensor:
+    """(B, I, J, K, 3) float32 world mm of the voxel centres of grids (``shape_ijk``, affines (B, 4, 4))."""
+    import torch
+
+    axes = [torch.arange(n, dtype=torch.float64, device=affines.device) for n in shape_ijk]
+    ijk = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (I, J, K, 3)
+    affines = affines.double()
+    world = torch.einsum("bxy,ijky->bijkx", affines[:, :3, :3], ijk) + affines[:, None, None, None, :3, 3]
+    return world.float()

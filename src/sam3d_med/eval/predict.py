@@ -14,7 +14,7 @@ Geometry, step by step:
    frame the decoded grid is a 64^3 window of the canonical grid (``volume_frame_view``: the whole
    grid for a 64^3 crop; otherwise placed around the labelled structures as in training, or around
    the input mask when only a mask is given), padded with air beyond the scan. By default the input
-   plane is then set to the input mask (``impose_input_slice``): that slice is given, not predicted.
+   plane is then set to the input mask (``impose_input_slices``): that slice is given, not predicted.
 5. The probability is sampled back at the world position of every voxel of the scan's own grid
    (linear interpolation), so the output NIfTI has the scan's shape, affine and orientation and
    overlays it in 3D Slicer / ITK-SNAP. The mask is probability >= 0.5.
@@ -45,7 +45,10 @@ from ..errors import InputError
 from ..io.atomic import atomic_path, atomic_write_text
 from ..io.nifti import Volume, label_on_image_grid, load_volume, save_volume, voxel_spacing_mm
 from ..preflight import absent_class_error
-from ..model.placement import SLICE_LOGIT, grid_points_mm, impose_input_slice, mean_of_draws_at, reconstruct_on_grid
+from ..data.frames import target_frame
+from ..data.input_slices import InputSlices
+from ..model.placement import (SLICE_LOGIT, grid_points_mm, impose_input_slices, mean_of_draws_at,
+                               reconstruct_on_grid)
 from ..io.png import from_display, read_mask_png
 
 
@@ -193,40 +196,39 @@ def finer_surface_grid(logits_ijk: np.ndarray, affine: np.ndarray, factor: int =
 
 def reconstruct_logits(model, inputs: list[dict], shape_ijk, affine: np.ndarray, *, frame: str, seed: int = 0,
                        sampler=None, device: str = "cpu", batch_size: int = 8,
-                       input_slices: Sequence[tuple[int, int, np.ndarray]] | None = None,
+                       input_slices: Sequence[InputSlices] | None = None,
                        pose_fit: bool = True) -> list[Reconstruction]:
     """N ``condition_inputs`` -> N reconstructions on the grid (``shape_ijk``, ``affine``), in batches.
 
-    ``input_slices``: per input, (axis, index, mask [H, W]) of its slice on that grid; given, the pose
-    is fitted to it unless ``pose_fit`` is off (object frame, ``fit_pose_to_input_planes``) and the
-    prediction on that plane is set to the mask (``impose_input_slice``)."""
-    points = grid_points_mm(shape_ijk, affine, device) if frame == "object" else None
+    ``input_slices``: per input, its slices on that grid; given, the pose is fitted to them unless
+    ``pose_fit`` is off (object frame, ``fit_pose_to_input_slices``) and the prediction on each of
+    their planes is set to its mask (``impose_input_slices``)."""
+    frame = target_frame(frame)
+    points = frame.grid_points(shape_ijk, affine, device)
     out = []
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start:start + batch_size]
         batch = {k: torch.stack([item[k] for item in chunk]).to(device) for k in chunk[0]}
-        planes = input_slices[start:start + batch_size] if input_slices is not None else None
-        if planes is not None:
-            planes = ([a for a, _, _ in planes], [i for _, i, _ in planes],
-                      [torch.from_numpy(np.asarray(m, dtype=np.float32)) for _, _, m in planes])
+        given = list(input_slices[start:start + batch_size]) if input_slices is not None else None
         with torch.no_grad():
             result = reconstruct_on_grid(model, batch, frame, points, seed=seed, sampler=sampler,
-                                         input_planes=planes if pose_fit else None)
+                                         input_slices=given if pose_fit else None)
             logits = result.logits
-            if planes is not None:
-                logits = impose_input_slice(logits, *planes)
+            if given is not None:
+                logits = impose_input_slices(logits, given)
         logits = logits.float().cpu().numpy()
         for b in range(logits.shape[0]):
-            plane = None if planes is None else (planes[0][b], planes[1][b], planes[2][b].numpy() > 0.5)
-            out.append(Reconstruction(logits[b], *surface_map(result, b, logits[b], affine, plane, device)))
+            out.append(Reconstruction(logits[b], *surface_map(result, b, logits[b], affine,
+                                                              None if given is None else given[b], device)))
     return out
 
 
-def surface_map(result, sample: int, grid_logits: np.ndarray, affine: np.ndarray, plane=None, device: str = "cpu"):
+def surface_map(result, sample: int, grid_logits: np.ndarray, affine: np.ndarray, slices: InputSlices | None = None,
+                device: str = "cpu"):
     """(logits, affine) of ``grid_logits``' probability map on ``finer_surface_grid``: where the model has
     finer values (object frame: its cube(s) placed by their poses, ``mean_of_draws_at``) those, else the
-    grid's own map interpolated (volume frame); then what the grid map was given: the input plane's
-    cells (those nearest a voxel of that plane) set to the mask as ``impose_input_slice`` set the
+    grid's own map interpolated (volume frame); then what the grid map was given: each input plane's
+    cells (those nearest a voxel of that plane) set to its mask as ``impose_input_slices`` set the
     grid. Every grid voxel centre is a fine cell centre with the grid's value, so the p = 0.5 surface
     is the NIfTI's, with sub-voxel detail, inside the grid's field of view. Nothing predicted on the
     grid: the grid itself (no surface)."""
@@ -244,8 +246,8 @@ def surface_map(result, sample: int, grid_logits: np.ndarray, affine: np.ndarray
         probability = ndimage.map_coordinates(special.expit(grid_logits.astype(np.float64)), coords, order=1,
                                               mode="nearest")
         fine = special.logit(np.clip(probability, 1e-6, 1 - 1e-6)).astype(np.float32)
-    if plane is not None:
-        axis, index, mask = plane
+    for given in slices or ():
+        axis, index, mask = given.axis, given.index, np.asarray(given.mask) > 0.5
         offset = index - lo[axis]
         if 0 <= offset * factor < shape[axis]:
             others = [a for a in range(3) if a != axis]
@@ -307,13 +309,14 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
                          "{class_id} N")
     if not mask_canon.any():
         raise InputError("the mask does not reach any pixel of the model's grid (too small for its spacing)")
-    if frame == "volume":
+    if target_frame(frame).windowed:  # the model's n^3 window of the grid
         labels_canonical = None if label_path is None else canonical_resampled(label, spacing_mm, order=0).data
         view, (mask_canon,), _ = volume_frame_view(view, [mask_canon], model.cfg.occupancy_resolution, labels_canonical)
     reconstruction = reconstruct_logits(
         model, [view.model_inputs(mask_canon, crop_size, frame)], view.image.data.shape, view.image.affine, frame=frame,
         seed=seed, sampler=sampler, device=device,
-        input_slices=[(view.axis, view.index, mask_canon)] if input_slice else None, pose_fit=pose_fit)[0]
+        input_slices=[InputSlices.one(view.axis, view.index, mask_canon)] if input_slice else None,
+        pose_fit=pose_fit)[0]
     prob_canonical = special.expit(reconstruction.logits.astype(np.float64))
 
     prob = back_to_input_grid(prob_canonical, view.image.affine, image.data.shape, image.affine)

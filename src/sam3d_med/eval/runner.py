@@ -55,7 +55,9 @@ from ..data.preprocess import case_fingerprint
 from ..data.geometry import bounding_box, centred_on
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_json, atomic_write_text
-from ..model.placement import SLICE_LOGIT, grid_points_mm, impose_input_slice, reconstruct_on_grid
+from ..data.frames import TargetFrame, target_frame
+from ..data.input_slices import InputSlices
+from ..model.placement import SLICE_LOGIT, impose_input_slices, reconstruct_on_grid
 from ..model.sam3d import CONDITION_INPUTS
 from ..model.trained import TrainedModel, sampler_settings
 from ..settings import RunSettings
@@ -144,11 +146,11 @@ class TrainingPriors:
         return out
 
 
-def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: str, weights: dict | None,
+def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: TargetFrame, weights: dict | None,
               unet_identity: dict | None = None) -> dict:
     doc = {"policy": options.policy, "threshold": "logit > 0 (p > 0.5)", "sampler": dataclasses.asdict(sampler),
-           "target_frame": frame, "input_slice_constraint": options.input_slice_constraint,
-           "pose_fit_to_input_slice": options.fits_pose and frame == "object",
+           "target_frame": str(frame), "input_slice_constraint": options.input_slice_constraint,
+           "pose_fit_to_input_slice": options.fits_pose and frame.placed_by_pose,
            "seed": options.seed, "nsd_tolerances_mm": list(options.nsd_tolerances_mm),
            "nsd_definition": NSD_DESCRIPTIONS[options.nsd_definition],
            "checkpoint": str(checkpoint), "weights": weights, "baselines": ["mean_shape", "extrude"]}
@@ -191,7 +193,7 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
     run = RunSettings.from_config(cfg, legacy=True)
     sampler = sampler_settings(model.cfg.sampler, run.validation, options.steps, options.guidance,
                                options.samples)
-    frame = run.data.target_frame
+    frame = target_frame(run.data.target_frame)
     unet = None
     if options.unet_checkpoint:
         from ..model.unet_baseline import load_unet_baseline
@@ -249,32 +251,29 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
         loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False, collate_fn=collate_samples)
         spacing = case_spacing(case)
         grid = case_grid(case)
-        points = grid_points_mm(grid.shape, grid.affine, device) if frame == "object" else None
+        points = frame.grid_points(grid.shape, grid.affine, device)
         case_records = []
         viz_logits, viz_slices = {}, {}
         position = 0
         for batch in loader:
             inputs = {k: batch[k].to(device) for k in (*CONDITION_INPUTS, "pointmap_shift", "pointmap_scale")}
-            # one input plane per sample: planes of different axes differ in size on a non-cubic grid
-            planes = [batch["occupancy"][b, 0].select(int(a), int(i)) for b, (a, i)
-                      in enumerate(zip(batch["axis"], batch["slice_idx"]))]
-            fit_to = (batch["axis"], batch["slice_idx"], planes) if options.fits_pose else None
+            # each sample's input slices: their planes of the true occupancy (the slices are given)
+            given = InputSlices.from_batch(batch, lambda b, a, i: batch["occupancy"][b, 0].select(a, i))
             with torch.no_grad():
                 logits = reconstruct_on_grid(model, inputs, frame, points, seed=options.seed, sampler=sampler,
-                                             input_planes=fit_to).logits
+                                             input_slices=given if options.fits_pose else None).logits
                 if options.input_slice_constraint:
-                    logits = impose_input_slice(logits, batch["axis"], batch["slice_idx"], planes)
-            unet_logits = unet_predictions(unet, data_root, case, dataset.samples[position:position + len(planes)],
+                    logits = impose_input_slices(logits, given)
+            unet_logits = unet_predictions(unet, data_root, case, dataset.samples[position:position + len(given)],
                                            groups) if unet else None
             for b in range(logits.shape[0]):
                 _, entry, cls = dataset.samples[position]
                 position += 1
                 truth = batch["occupancy"][b, 0].numpy() > 0.5
                 model_logits = logits[b].float().cpu().numpy()
-                if frame == "volume":  # from the case's n^3 window back onto its grid (the same grid when n^3)
-                    window = dataset.windows[case["case_id"]]
-                    truth = window.put_back(truth, False)
-                    model_logits = window.put_back(model_logits, -SLICE_LOGIT)
+                window = dataset.windows.get(case["case_id"])  # the frame's, if it sees the case through one
+                truth = frame.to_case_grid(truth, window, False)
+                model_logits = frame.to_case_grid(model_logits, window, -SLICE_LOGIT)
                 if case_visuals is not None and entry["axis"] == viz_axis:
                     viz_logits[cls] = model_logits
                     viz_slices[cls] = entry["slice_idx"]

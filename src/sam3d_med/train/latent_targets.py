@@ -51,9 +51,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.cache import case_sdf
-from ..data.dataset import case_volume_window
-from ..data.object_frame import DEFAULT_CUBE_MARGIN, cube_sdf_mm, object_cube
+from ..data.cache import case_grid, case_sdf
+from ..data.frames import target_frame
+from ..data.object_frame import DEFAULT_CUBE_MARGIN
 from ..data.occupancy import occupancy_of
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_save_npy, atomic_write_json
@@ -149,15 +149,14 @@ def targets_folder(cache_dir: str | Path, decoder: torch.nn.Module, settings: In
     settings, the frame and occupancy; with an ``encoder`` its weights (the inversion settings then
     being those of the refinement); with ``init="generator"`` inversion the generator
     (``generator_identity``)."""
-    identity = {"format": FORMAT, "decoder_sha256": decoder_fingerprint(decoder), "frame": frame,
-                "settings": {k: v for k, v in asdict(settings).items() if k != "source"}}
+    identity = {"format": FORMAT, "decoder_sha256": decoder_fingerprint(decoder),
+                "settings": {k: v for k, v in asdict(settings).items() if k != "source"},
+                **target_frame(frame).cache_identity(cube_margin)}
     if encoder is not None:
         identity.update(source="encoder", encoder_sha256=decoder_fingerprint(encoder))
         identity["settings"] = {k: v for k, v in identity["settings"].items() if k not in ("init", "init_steps")}
     elif settings.init == "generator":
         identity["generator"] = generator_identity
-    if frame == "object":
-        identity["cube_margin"] = cube_margin
     if occupancy != "solid":
         identity["occupancy"] = occupancy
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -170,20 +169,9 @@ def case_occupancies(cache_dir: Path, case: dict, frame: str, resolution: int,
     (a class absent from the case: all False), in the volume frame on the case's n^3 window
     (``dataset.case_volume_window``; the cache's signed distances < 0); as ``occupancy`` holds them
     (``solid``, or its ``surface`` shell: ``data.occupancy``)."""
-    solid = _case_solids(cache_dir, case, frame, resolution, cube_margin)
-    return solid if occupancy == "solid" else occupancy_of(torch.from_numpy(solid), occupancy).numpy()
-
-
-def _case_solids(cache_dir: Path, case: dict, frame: str, resolution: int, cube_margin: float) -> np.ndarray:
     sdf = np.asarray(case_sdf(cache_dir, case))
-    if frame == "volume":  # the case's n^3 window around its structures (the case's grid when n^3)
-        return case_volume_window(sdf, resolution, case["case_id"]).take(sdf < 0, False)
-    affine = np.asarray(case["affine"], dtype=np.float64)
-    out = np.zeros((sdf.shape[0],) + (resolution,) * 3, dtype=bool)
-    for k in range(sdf.shape[0]):
-        if (sdf[k] < 0).any():
-            out[k] = cube_sdf_mm(sdf[k], affine, object_cube(sdf[k] < 0, affine, cube_margin), resolution) < 0
-    return out
+    solid = target_frame(frame).target_solids(sdf, case_grid(case).affine, resolution, cube_margin, case["case_id"])
+    return solid if occupancy == "solid" else occupancy_of(torch.from_numpy(solid), occupancy).numpy()
 
 
 def ensure_latent_targets(cache_dir: str | Path, cases: list[dict], decoder: torch.nn.Module,

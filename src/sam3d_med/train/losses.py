@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.object_frame import sample_cube
+from ..data.frames import TargetFrame, target_frame
 from ..data.occupancy import surface_shell
 from ..model.flow_matching import flow_matching_loss
 from ..model.flow_transformer import SHAPE
@@ -106,18 +107,16 @@ def object_pose_target(batch: dict[str, torch.Tensor]) -> Pose:
 class TrainingObjective(torch.nn.Module):
     """Wraps the model so that one ``forward(batch)`` returns the loss terms (one module for DDP)."""
 
-    def __init__(self, model: SparseStructureModel, weights: LossWeights, frame: str = "object"):
+    def __init__(self, model: SparseStructureModel, weights: LossWeights, frame: str | TargetFrame = "object"):
         super().__init__()
         self.model = model
         self.weights = weights
-        self.frame = frame
+        self.frame = target_frame(frame)
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         model, w = self.model, self.weights
-        if self.frame == "object":  # the structure in its cube, placed by its pose
-            occupancy, sdf, pose = batch["cube_occupancy"], batch["cube_sdf"], object_pose_target(batch)
-        else:  # the scan's grid, identity pose
-            occupancy, sdf, pose = batch["occupancy"], batch["sdf"], None
+        occupancy, sdf = self.frame.loss_targets(batch)  # the cube's (placed by its pose), or the scan grid's
+        pose = object_pose_target(batch) if self.frame.placed_by_pose else None
         surface = getattr(model, "occupancy", "solid") == "surface"
         if surface:  # the decoder makes the structure's shell (data.occupancy=surface)
             occupancy = surface_shell(occupancy > 0.5).to(occupancy.dtype)
@@ -132,7 +131,7 @@ class TrainingObjective(torch.nn.Module):
         occupancy, sdf = occupancy[:k], sdf[:k]
         if w.w_mask_loss or w.w_sdf_loss:
             logits = model.decode_shape(flow.x1_estimate[SHAPE][:k])
-            if w.w_mask_loss and self.frame == "object":
+            if w.w_mask_loss and self.frame.placed_by_pose:
                 # the input slice's section of what the decoder makes: the mask, or where a shell cuts the slice
                 slice_target = batch["slice_mask"][:k] if not surface else shell_section(
                     occupancy, batch["slice_points"][:k], batch["cube_centre_mm"][:k], batch["cube_side_mm"][:k])

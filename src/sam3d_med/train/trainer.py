@@ -32,7 +32,8 @@ from ..data.dataset import (POLICIES, Augmentation, SliceClassDataset, choose_sl
                             load_manifest, split_cases)
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path
-from ..model.placement import grid_points_of_affines, impose_input_slice, reconstruct_on_grid
+from ..data.input_slices import InputSlices
+from ..model.placement import impose_input_slices, reconstruct_on_grid
 from ..model.sam3d import SparseStructureModel
 from ..devices import resolve_device  # noqa: F401 (callers import it from here)
 from ..model.trained import (CHECKPOINT_FORMAT, build_model, configure_trainable, load_model_from_checkpoint,  # noqa: F401
@@ -220,15 +221,13 @@ def validate(objective: TrainingObjective, loader: DataLoader, device: torch.dev
                 take = budget - len(dices)
                 inputs = {k: v[:take] for k, v in batch.items() if torch.is_tensor(v)}
                 truth = inputs["occupancy"][:, 0] > 0.5
-                points = grid_points_of_affines(inputs["affine"], truth.shape[1:]) if objective.frame == "object" else None
+                points = objective.frame.grid_points_of_affines(inputs["affine"], truth.shape[1:])
                 # as the evaluation scores them: the pose fitted to the input slice, its plane set to the mask
-                planes = (inputs["axis"], inputs["slice_idx"],
-                          [truth[b].select(int(a), int(i)).float() for b, (a, i)
-                           in enumerate(zip(inputs["axis"], inputs["slice_idx"]))])
+                given = InputSlices.from_batch(inputs, lambda b, a, i: truth[b].select(a, i).float())
                 for out, steps in ((dices, False), (one_step, True)):
                     grid = reconstruct_on_grid(model, inputs, objective.frame, points, seed=run.seed,
-                                               sampler=sampler, one_step=steps, input_planes=planes)
-                    out += dice(impose_input_slice(grid.logits, *planes) > 0, truth).tolist()
+                                               sampler=sampler, one_step=steps, input_slices=given)
+                    out += dice(impose_input_slices(grid.logits, given) > 0, truth).tolist()
     model.train()
     return {"val_loss": float(np.mean(losses)) if losses else float("nan"),
             "val_dice": float(np.mean(dices)) if dices else float("nan"),
@@ -429,8 +428,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     weights = run.loss
     objective = TrainingObjective(model, weights, frame).to(device)
-    log.info("target frame: %s (%s)", frame, "the structure in its own cube, placed by the predicted pose"
-             if frame == "object" else "the scan's own grid, identity pose")
+    log.info("target frame: %s (%s)", objective.frame, objective.frame.description)
     stepper = objective
     if ranks.world_size > 1:
         stepper = torch.nn.parallel.DistributedDataParallel(

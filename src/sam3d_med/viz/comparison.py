@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.input_slices import InputSlices
+from ..data.frames import target_frame
 from ..data.dataset import cached_case_volumes
 from ..data.geometry import canonical_resampled, take_slice
 from ..data.preprocess import window_ct
@@ -118,7 +120,7 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
     if not canonical_masks:
         raise InputError("the masks do not reach any pixel of the model's grid (too small for its spacing)")
     classes = sorted(canonical_masks)
-    if frame == "volume":  # the model's 64^3 window of the grid; truth and figures on the same window
+    if target_frame(frame).windowed:  # the model's n^3 window of the grid; truth and figures on the same window
         view, windowed, window = volume_frame_view(view, [canonical_masks[c] for c in classes],
                                                    model.cfg.occupancy_resolution, true_labels)
         canonical_masks = dict(zip(classes, windowed))
@@ -127,7 +129,7 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
     reconstructions = reconstruct_logits(
         model, [view.model_inputs(canonical_masks[c], crop_size, frame) for c in classes], view.image.data.shape,
         view.image.affine, frame=frame, seed=seed, sampler=sampler, device=device, batch_size=batch_size,
-        input_slices=[(view.axis, view.index, canonical_masks[c]) for c in classes] if input_slice else None,
+        input_slices=[InputSlices.one(view.axis, view.index, canonical_masks[c]) for c in classes] if input_slice else None,
         pose_fit=pose_fit)
     logits_by_class = {c: r.logits for c, r in zip(classes, reconstructions)}
     surfaces = {c: (r.surface_logits, r.surface_affine) for c, r in zip(classes, reconstructions)}

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy import ndimage
 
+from ..data.input_slices import InputSlices
 from ..data.geometry import canonical_resampled, take_slice
 from ..data.preprocess import CT_WINDOWS, window_ct
 from ..data.surfaces import voxel_volume_mm3
@@ -105,7 +106,7 @@ def reconstruct_from_png(model, image_png: str | Path, mask_png: str | Path, out
     affine = assumed_frame(resolution, spacing_mm)
     inputs = slice_model_inputs(image_grid, mask_grid, affine, shape, axis, index, crop_size, frame)
     reconstruction = reconstruct_logits(model, [inputs], shape, affine, frame=frame, seed=seed, sampler=sampler,
-                                        device=device, input_slices=[(axis, index, mask_grid)] if input_slice else None,
+                                        device=device, input_slices=[InputSlices.one(axis, index, mask_grid)] if input_slice else None,
                                         pose_fit=pose_fit)[0]
     predicted = reconstruction.logits > 0
     out_dir.mkdir(parents=True, exist_ok=True)
