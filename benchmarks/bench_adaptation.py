@@ -74,6 +74,31 @@ def training_config(args, frame: str, train_cache: Path, checkpoint_dir: Path, s
         return compose(config_name="train", overrides=overrides)
 
 
+def add_recipe_arguments(parser: argparse.ArgumentParser, epochs: int = 6, steps: int = 60) -> None:
+    """The fine-tuning recipe's options that ``training_config`` reads (the demo's recipe by default;
+    its 6 sampler steps x 6 draws were chosen on development phantoms, seed 7, never on test cases)."""
+    parser.add_argument("--base", default=str(REPO / "release" / "rehearsal" / "checkpoints"),
+                        help="folder of the base release (Meta's checkpoints/hf, or the rehearsal release)")
+    parser.add_argument("--experiment", default="demo_cpu",
+                        help="the fine-tuning recipe (configs/experiment) the options below override; '' for none")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--steps", type=int, default=steps, help="optimizer steps per epoch")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--lora_rank", type=int, default=16)
+    parser.add_argument("--lora_mlp", default="true", choices=["true", "false"])
+    parser.add_argument("--inversion_steps", type=int, default=30)
+    parser.add_argument("--epoch_mode", default="slices", choices=["slices", "pairs"], help="data.epoch")
+    parser.add_argument("--sampler_steps", type=int, default=6,
+                        help="sampler steps in evaluation, validation and the inversion's start sample")
+    parser.add_argument("--eval_samples", type=int, default=6, help="draws averaged per input in evaluation")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="also write the table as JSON")
+
+
 def row(document: dict, method: str, minutes: float) -> dict:
     overall = document["summary"][method]["overall"]
     per_class = document["summary"][method]["per_class"]
@@ -90,37 +115,17 @@ def print_row(r: dict, reference_dice: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default=str(REPO / "release" / "rehearsal" / "checkpoints"),
-                        help="folder of the base release (Meta's checkpoints/hf, or the rehearsal release)")
+    add_recipe_arguments(parser, epochs=10, steps=120)
     parser.add_argument("--train_cache", default=None, help="preprocessed training cache (default: phantoms)")
     parser.add_argument("--test_cache", default=None, help="preprocessed held-out cache (default: new phantoms)")
-    parser.add_argument("--experiment", default="demo_cpu",
-                        help="the fine-tuning recipe (configs/experiment) the options below override; '' for none")
     parser.add_argument("--train_cases", type=int, default=36)
     parser.add_argument("--test_cases", type=int, default=4)
     parser.add_argument("--data_seed", type=int, default=0, help="phantom seed (test cases use seed + 99)")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=120, help="optimizer steps per epoch")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--crop", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--lora_rank", type=int, default=16)
-    parser.add_argument("--lora_mlp", default="true", choices=["true", "false"])
-    parser.add_argument("--inversion_steps", type=int, default=30)
-    parser.add_argument("--epoch_mode", default="slices", choices=["slices", "pairs"], help="data.epoch")
-    # 6 steps x 6 draws: chosen for the demo on development phantoms (seed 7), never on these test cases
-    parser.add_argument("--sampler_steps", type=int, default=6,
-                        help="sampler steps in evaluation, validation and the inversion's start sample")
-    parser.add_argument("--eval_samples", type=int, default=6, help="draws averaged per input in evaluation")
     parser.add_argument("--guidance", type=float, default=None, help="evaluation guidance (default: model's)")
     parser.add_argument("--frames", default="object,volume", help="LoRA rows, in this order")
     parser.add_argument("--target_sources", default="auto",
                         help="latent_targets.source of the LoRA rows (auto, encoder, inversion; several: a row each)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=None, help="folder for caches, checkpoints and results (default: temporary)")
-    parser.add_argument("--json", default=None, help="also write the table as JSON")
     parser.add_argument("overrides", nargs="*", help="more key=value training settings, for both frames")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # the trainer's epoch lines

@@ -43,7 +43,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anatomy_set import build as build_anatomy_set  # noqa: E402
-from bench_adaptation import training_config  # noqa: E402
+from bench_adaptation import add_recipe_arguments, training_config  # noqa: E402
 
 from sam3d_med.data.phantom import write_phantom_dataset  # noqa: E402
 from sam3d_med.data.preprocess import PreprocessOptions, run_preprocess  # noqa: E402
@@ -167,44 +167,11 @@ def print_table(rows: list[dict], classes: list[str]) -> None:
                 print(f"  {r['method']:<36}" + "".join(f"{cell(v):>14}" for v in values) + f"{cell(overall):>10}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--anatomy_dir", default=os.environ.get("SAM3D_MED_ANATOMY_DIR", str(REPO.parent / "shared" / "anatomy")),
-                        help="../shared/anatomy beside the checkout, or SAM3D_MED_ANATOMY_DIR")
-    parser.add_argument("--base", default=str(REPO / "release" / "rehearsal" / "checkpoints"))
-    parser.add_argument("--work", default=None, help="folder for data, caches, checkpoints and evaluations")
-    parser.add_argument("--table", default=None, metavar="JSON", help="only print the tables of an earlier run's --json")
-    parser.add_argument("--train_cases", type=int, default=24, help="cases per training set")
-    parser.add_argument("--test_cases", type=int, default=4, help="held-out ellipsoid phantoms")
-    parser.add_argument("--template_test_cases", type=int, default=2, help="held-out anatomy phantoms per template")
-    parser.add_argument("--deformation_mm", type=float, default=4.0)
-    parser.add_argument("--smoothness_mm", type=float, default=20.0)
-    parser.add_argument("--experiment", default="demo_cpu")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per epoch (LoRA; the U-Net gets epochs x steps)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--crop", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--unet_lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--lora_rank", type=int, default=16)
-    parser.add_argument("--lora_mlp", default="true")
-    parser.add_argument("--inversion_steps", type=int, default=30)
-    parser.add_argument("--epoch_mode", default="slices")
-    parser.add_argument("--sampler_steps", type=int, default=6)
-    parser.add_argument("--eval_samples", type=int, default=6)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None)
-    parser.add_argument("overrides", nargs="*", help="more key=value training settings (LoRA)")
-    args = parser.parse_args()
-    if args.table:
-        saved = json.loads(Path(args.table).read_text())
-        print_table(saved["rows"], CLASSES)
-        return
+def start_run(parser: argparse.ArgumentParser, args, level: int = logging.INFO):
+    """(work folder (``--work``, required; made), a logger of the minutes since the start, the start)."""
     if not args.work:
         parser.error("--work is required")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
     keep_freed_memory_for_reuse()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -212,6 +179,30 @@ def main() -> None:
 
     def log(message: str) -> None:
         print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {message}", flush=True)
+
+    return work, log, started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--anatomy_dir", default=os.environ.get("SAM3D_MED_ANATOMY_DIR", str(REPO.parent / "shared" / "anatomy")),
+                        help="../shared/anatomy beside the checkout, or SAM3D_MED_ANATOMY_DIR")
+    add_recipe_arguments(parser)
+    parser.add_argument("--work", default=None, help="folder for data, caches, checkpoints and evaluations")
+    parser.add_argument("--table", default=None, metavar="JSON", help="only print the tables of an earlier run's --json")
+    parser.add_argument("--train_cases", type=int, default=24, help="cases per training set")
+    parser.add_argument("--test_cases", type=int, default=4, help="held-out ellipsoid phantoms")
+    parser.add_argument("--template_test_cases", type=int, default=2, help="held-out anatomy phantoms per template")
+    parser.add_argument("--deformation_mm", type=float, default=4.0)
+    parser.add_argument("--smoothness_mm", type=float, default=20.0)
+    parser.add_argument("--unet_lr", type=float, default=1e-3)
+    parser.add_argument("overrides", nargs="*", help="more key=value training settings (LoRA)")
+    args = parser.parse_args()
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        print_table(saved["rows"], CLASSES)
+        return
+    work, log, started = start_run(parser, args)
 
     # --- data
     anatomy = work / "anatomy_set"

@@ -242,6 +242,13 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output_dir", default="results/evaluation")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--policy", default="max_area", help="conditioning slice per class and axis: max_area or center")
+    p.add_argument("--num_slices", type=int, default=1,
+                   help="input slices per reconstruction, 1..3: the --policy slice, then --slice_policy's "
+                        "(the baselines use the same slices: visual hull, and interpolation for parallel slices)")
+    p.add_argument("--slice_policy", default="orthogonal",
+                   help="the further slices: orthogonal (largest section on each other axis), parallel "
+                        "(--slice_spacing_mm apart) or random")
+    p.add_argument("--slice_spacing_mm", type=float, default=15.0, help="parallel slices: their spacing (mm)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance strength (default: the checkpoint's)")
     p.add_argument("--samples", type=int, default=None, help=SAMPLES_HELP)
@@ -320,7 +327,9 @@ def cmd_eval(args) -> int:
                           max_cases=args.max_cases,
                           input_slice_constraint=not args.no_slice_constraint, pose_fit=not args.no_pose_fit,
                           nsd_definition=args.nsd_definition, unet_checkpoint=unet_checkpoint,
-                          class_unions=class_unions or None, exclude_classes=tuple(args.exclude_class))
+                          class_unions=class_unions or None, exclude_classes=tuple(args.exclude_class),
+                          num_slices=args.num_slices, slice_policy=args.slice_policy,
+                          slice_spacing_mm=args.slice_spacing_mm)
     case_visuals = None
     if args.save_viz:  # the figures are viz's: handed to the evaluation, which does not draw
         from .viz.comparison import write_evaluation_case_visuals as case_visuals
@@ -411,23 +420,52 @@ def check_inference_arguments(args) -> None:
         raise Sam3dMedError(f"--guidance must be 0 or more (got {args.guidance})")
 
 
-def load_for_inference(args) -> dict:
-    """Model, sampler (the checkpoint's validation settings unless overridden), crop size, device."""
+def load_for_inference(args, several_slices: bool = False) -> dict:
+    """Model, sampler (the checkpoint's validation settings unless overridden), crop size, device; with
+    ``several_slices`` also the condition streams of further input slices the model was trained with."""
     from .devices import resolve_device
     from .model.trained import TrainedModel
+    from .settings import RunSettings
 
     trained = TrainedModel.load(args.checkpoint, resolve_device(args.device), args.steps, args.guidance, args.samples)
-    return {"model": trained.model, "sampler": trained.sampler, "crop_size": trained.crop_size, "seed": args.seed,
-            "device": trained.device, "frame": trained.frame, "input_slice": not args.no_slice_constraint,
-            "pose_fit": not args.no_pose_fit}  # used only with the input slice (reconstruct_logits)
+    out = {"model": trained.model, "sampler": trained.sampler, "crop_size": trained.crop_size, "seed": args.seed,
+           "device": trained.device, "frame": trained.frame, "input_slice": not args.no_slice_constraint,
+           "pose_fit": not args.no_pose_fit}  # used only with the input slice (reconstruct_logits)
+    if several_slices:
+        out["extra_slice_streams"] = RunSettings.from_config(trained.config, legacy=True).data.extra_slice_streams
+    return out
+
+
+def input_slice_options(args) -> list[tuple[int, int]]:
+    """(axis, index) of each input slice: --axis/--slice_idx, then every --slice AXIS:INDEX."""
+    slices = []
+    if args.axis is not None or args.slice_idx is not None:
+        if args.axis is None or args.slice_idx is None:
+            raise Sam3dMedError("--axis and --slice_idx go together (or give --slice AXIS:INDEX)")
+        slices.append((args.axis, args.slice_idx))
+    for text in args.slices:
+        try:
+            axis, index = (int(part) for part in text.split(":"))
+        except ValueError:
+            raise Sam3dMedError(f"--slice {text}: give AXIS:INDEX, e.g. 2:31 (the stored array axis and slice)") from None
+        slices.append((axis, index))
+    if not slices:
+        raise Sam3dMedError("give the input slice: --axis A --slice_idx I, or --slice AXIS:INDEX (repeated for several)")
+    if len(slices) > 3 or len(set(slices)) < len(slices):
+        raise Sam3dMedError(f"--slice: 1 to 3 different input slices (got {', '.join(f'{a}:{i}' for a, i in slices)})")
+    return slices
 
 
 def cmd_predict(args) -> int:
     from . import preflight
 
     check_inference_arguments(args)
+    slices = input_slice_options(args)
     shape = preflight.nifti_shape(args.image, "--image", "image")
-    preflight.slice_option(shape, args.axis, args.slice_idx)
+    for axis, index in slices:
+        preflight.slice_option(shape, axis, index)
+    if len(slices) > 1 and args.label is None:
+        raise Sam3dMedError("several input slices need --label with --class (each slice's mask is read from the labels)")
     if args.label is not None:
         if args.class_id is None:
             raise Sam3dMedError("--label needs --class (the label value to reconstruct)")
@@ -444,9 +482,9 @@ def cmd_predict(args) -> int:
     from .eval.predict import predict_volume
 
     written = predict_volume(
-        image_path=args.image, axis=args.axis, slice_idx=args.slice_idx, out_path=args.out, mask_png=args.mask,
+        image_path=args.image, axis=slices[0][0], slice_idx=slices[0][1], out_path=args.out, mask_png=args.mask,
         label_path=args.label, class_id=args.class_id, spacing_mm=args.spacing, probability_path=args.probabilities,
-        mesh_path=args.mesh, **load_for_inference(args))
+        mesh_path=args.mesh, further_slices=slices[1:], **load_for_inference(args, several_slices=True))
     print(f"prediction: {written['mask']} ({written['voxels']} voxels, {written['volume_ml']:.1f} ml, on the input's grid)"
           + "".join(f"; {k}: {written[k]}" for k in ("probability", "mesh") if k in written)
           + (f"; {written['removed']} removed (an earlier run's mesh: it described another prediction)"
@@ -713,8 +751,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="one slice + mask of a NIfTI scan -> 3-D prediction as NIfTI on the scan's grid")
     add_inference_arguments(p)
     p.add_argument("--image", required=True, help="the scan (NIfTI)")
-    p.add_argument("--axis", type=int, required=True, help=STORED_AXIS_HELP)
-    p.add_argument("--slice_idx", type=int, required=True, help=STORED_INDEX_HELP)
+    p.add_argument("--axis", type=int, default=None, help=STORED_AXIS_HELP)
+    p.add_argument("--slice_idx", type=int, default=None, help=STORED_INDEX_HELP)
+    p.add_argument("--slice", dest="slices", action="append", default=[], metavar="AXIS:INDEX",
+                   help="an input slice (stored axis and index), repeated for several (up to 3, each mask read from "
+                        "--label with --class); the first (or --axis/--slice_idx, when given) is the primary one")
     p.add_argument("--mask", default=None, help="PNG mask of the structure on that slice, in display orientation on the model's "
                    "grid (as export-slice writes masks/NN_<class>.png)")
     p.add_argument("--label", default=None, help="label volume on the scan's grid (with --class)")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from .data.frames import FRAME_NAMES as TARGET_FRAMES  # data.target_frame: the registry's frames
+from .data.frames import target_frame
+from .data.input_slices import EXTRA_SLICE_STREAMS, MAX_SLICES, SLICE_POLICIES
 from .errors import ConfigError
 
 OCCUPANCY_KINDS = ("solid", "surface")  # data.occupancy (see data.occupancy)
@@ -70,6 +72,13 @@ def _names(value) -> tuple[str, ...]:
     if isinstance(value, str) or not all(isinstance(v, str) for v in value):
         raise ValueError("must be a list of names")
     return tuple(value)
+
+
+def _num_slices(value) -> tuple[int, ...]:
+    if isinstance(value, (str, bool)) or not hasattr(value, "__len__") or not 1 <= len(value) <= 2 or any(
+            isinstance(v, bool) or not isinstance(v, int) for v in value) or not 1 <= value[0] <= value[-1] <= MAX_SLICES:
+        raise ValueError(f"must be [K] or [K_min, K_max], whole numbers in 1..{MAX_SLICES}")
+    return tuple(int(v) for v in value)
 
 
 def _crop(value) -> tuple[int, int]:
@@ -149,6 +158,10 @@ class DataSettings(SettingsGroup):
     epoch: str = _setting("pairs", _choice(*EPOCH_MODES))
     augment: bool = _setting(True, _flag)
     num_workers: int = _setting(2, _whole(0))
+    num_slices: tuple[int, ...] = _setting((1,), _num_slices)  # input slices per sample: [K] or [K_min, K_max]
+    slice_policy: str = _setting("orthogonal", _choice(*SLICE_POLICIES))  # how the slices after the first are chosen
+    slice_spacing_mm: float = _setting(15.0, _number(0.0, above=True))  # parallel slices: their spacing
+    extra_slice_streams: str = _setting("all", _choice(*EXTRA_SLICE_STREAMS))  # the further slices' condition streams
 
 
 @dataclass(frozen=True)
@@ -255,6 +268,10 @@ class RunSettings:
         settings = cls(seed=seed, device=device, model=dict(cfg.get("model") or {}), **groups)
         if not legacy:
             settings.check_trainable()
+            if settings.data.num_slices[-1] > 1 and not target_frame(settings.data.target_frame).several_slices:
+                raise ConfigError("conditions on one slice only: data.num_slices=[1] with it, or "
+                                  "data.target_frame=object", parameter="data.target_frame",
+                                  value=settings.data.target_frame)
         return settings
 
     @classmethod

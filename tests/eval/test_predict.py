@@ -271,3 +271,29 @@ def test_predict_keeps_both_header_forms_and_takes_labels_in_any_voxel_order(tra
                                       str(tmp_path / "x.nii.gz")], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert "axes LPS vs LAS" in refused.stderr and "centre shifted by [0.0, -189.0, 0.0] mm along R, A, S" in refused.stderr
+
+
+def test_predict_from_several_slices_keeps_every_input_plane(trained, tmp_path):
+    """--slice AXIS:INDEX repeated: each slice's mask read from the labels, every input plane of the
+    prediction equal to its mask, the slices used written in the summary; one-line errors otherwise."""
+    from sam3d_med.cli import main
+
+    raw = tmp_path / "raw"
+    write_phantom_dataset(raw, 1, seed=11, first_index=301)
+    image_path, label_path = raw / "s0301" / "s0301-image.nii.gz", raw / "s0301" / "s0301-label.nii.gz"
+    label = np.asarray(nib.load(label_path).dataobj)
+    present = label == 2
+    planes = [(2, int(np.argmax(present.sum(axis=(0, 1))))), (0, int(np.argmax(present.sum(axis=(1, 2)))))]
+    base = ["predict", "--checkpoint", str(trained / "ckpt" / "best.pt"), "--image", str(image_path), "--device", "cpu",
+            "--label", str(label_path), "--class", "2", "--steps", "2"]
+    assert main(base + [arg for a, i in planes for arg in ("--slice", f"{a}:{i}")] + ["--out", str(tmp_path / "two.nii.gz")]) == 0
+    predicted = np.asarray(nib.load(tmp_path / "two.nii.gz").dataobj) > 0
+    for axis, index in planes:  # the phantom's grid is the model's (3 mm, axis-aligned): planes map one to one
+        assert np.array_equal(np.take(predicted, index, axis=axis), np.take(present, index, axis=axis))
+    assert main(base + ["--slice", "2:5:1", "--out", str(tmp_path / "x.nii.gz")]) == 1
+    assert main(base + ["--slice", "2:3", "--slice", "2:3", "--out", str(tmp_path / "x.nii.gz")]) == 1
+    done = subprocess.run([sys.executable, "-m", "sam3d_med.cli", *base[:5], "--device", "cpu", "--slice", "2:30",
+                           "--slice", "0:30", "--mask", str(tmp_path / "m.png"), "--out", str(tmp_path / "x.nii.gz")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr.strip() == (
+        "error: several input slices need --label with --class (each slice's mask is read from the labels)")

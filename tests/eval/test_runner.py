@@ -310,3 +310,40 @@ def test_a_class_no_training_case_has_is_scored_with_a_warning():
     assert unseen_class_warnings({1: (1,), 2: (2,)}, names, manifest, ["a", "b"]) == []
     (warning,) = unseen_class_warnings({1: (1,), 2: (2,)}, names, manifest, ["a"])
     assert warning.startswith("class myocardium: none of the 1 training cases has it")
+
+
+def test_several_input_slices_are_scored_with_baselines_on_the_same_slices(trained, tmp_path):
+    """K = 2: each reconstruction conditions on two slices, both planes are the given masks, the visual
+    hull of the same slices is scored (no extrude), and the slices are recorded; parallel slices add
+    shape-based interpolation. The test cache has axes 0 and 2 only: K = 3 orthogonal takes the two there are."""
+    import nibabel as nib
+
+    from sam3d_med.cli import main
+
+    out = tmp_path / "two"
+    options = EvalOptions(batch_size=4, steps=2, max_cases=1, num_slices=2)
+    document = evaluate(trained / "ckpt" / "best.pt", trained / "test_cache", out, options, log=lambda m: None)
+    records = document["records"]
+    assert {r["method"] for r in records} == {"model", "mean_shape", "visual_hull"}
+    assert document["protocol"]["input_slices"] == {"num_slices": 2, "slice_policy": "orthogonal", "slice_spacing_mm": 15.0}
+    assert all(len(r["input_slices"]) == 2 and r["input_slices"][0] == [r["axis"], r["slice_idx"]]
+               and r["input_slices"][0][0] != r["input_slices"][1][0] for r in records)
+    one = evaluate(trained / "ckpt" / "best.pt", trained / "test_cache", tmp_path / "one",
+                   EvalOptions(batch_size=4, steps=2, max_cases=1), log=lambda m: None)
+    hull = document["summary"]["visual_hull"]["overall"]["dice"]["mean"]
+    extrude = one["summary"]["extrude"]["overall"]["dice"]["mean"]
+    assert hull > extrude, (hull, extrude)  # two silhouettes bound the shape better than one
+    assert "input_slices" in (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "input_slices" not in (tmp_path / "one" / "metrics.csv").read_text().splitlines()[0].split(",")
+    parallel = evaluate(trained / "ckpt" / "best.pt", trained / "test_cache", tmp_path / "parallel",
+                        EvalOptions(batch_size=4, steps=2, max_cases=1, num_slices=2, slice_policy="parallel",
+                                    slice_spacing_mm=6.0), log=lambda m: None)
+    assert {r["method"] for r in parallel["records"]} == {"model", "mean_shape", "visual_hull", "interpolation"}
+    assert all(r["input_slices"][0][0] == r["input_slices"][1][0] for r in parallel["records"])
+    three = evaluate(trained / "ckpt" / "best.pt", trained / "test_cache", tmp_path / "three",
+                     EvalOptions(batch_size=4, steps=2, max_cases=1, num_slices=3), log=lambda m: None)
+    assert max(len(r["input_slices"]) for r in three["records"]) == 2
+    # the command line: its flags, and a wrong value named as its flag
+    assert main(["eval", "--checkpoint", str(trained / "ckpt" / "best.pt"), "--data_root", str(trained / "test_cache"),
+                 "--output_dir", str(tmp_path / "cli"), "--steps", "1", "--max_cases", "1", "--num_slices", "4"]) == 1
+    del nib

@@ -136,3 +136,31 @@ def test_the_mean_of_draws_is_meshed_on_a_finer_grid_that_agrees_with_the_scan_g
     assert len(fine_mesh.faces) > 4 * len(coarse_mesh.faces)
     assert abs(fine_mesh.volume / coarse_mesh.volume - 1) < 0.1
     assert finer_surface_grid(np.full((8, 8, 8), -5.0), affine) is None  # nothing predicted, no grid
+
+
+def test_three_orthogonal_slices_fix_the_size_and_place_in_every_direction():
+    """One slice leaves where it cuts the shape and its size through the plane to the model; with the
+    three orthogonal slices through the structure the fit places and sizes it in 3-D."""
+    from sam3d_med.data.input_slices import InputSlice, InputSlices
+    from sam3d_med.model.placement import fit_pose_to_input_slices
+
+    shape, affine = (48, 48, 48), np.diag([3.0, 3.0, 3.0, 1.0])
+    points = grid_points_mm(shape, affine)
+    logits = ellipsoid_cube_logits()
+    centre = torch.tensor([70.0, 75.0, 68.0])
+    truth = Pose(torch.eye(3)[None], centre[None], torch.full((1, 3), 90.0))
+    true_grid = place_cubes_on_grid(logits, truth.rotation, truth.translation, truth.scale, points)[0] > 0
+    planes = [(0, 23), (1, 25), (2, 22)]
+    given = InputSlices(tuple(InputSlice(a, i, true_grid.select(a, i)) for a, i in planes))
+    guess = Pose(torch.eye(3)[None], (centre + torch.tensor([12.0, -9.0, 10.0]))[None],
+                 torch.tensor([[60.0, 110.0, 70.0]]))
+
+    def dice(pose):
+        placed = place_cubes_on_grid(logits, pose.rotation, pose.translation, pose.scale, points)[0] > 0
+        return float(2 * (placed & true_grid).sum() / (placed.sum() + true_grid.sum()))
+
+    one = fit_pose_to_input_slices(logits, guess, points, [InputSlices(given.slices[:1])])
+    three = fit_pose_to_input_slices(logits, guess, points, [given])
+    assert dice(guess) < 0.5 and dice(one) < 0.85 and dice(three) > 0.9, (dice(guess), dice(one), dice(three))
+    assert float((three.translation[0] - centre).norm()) < 4.0
+    assert float((three.scale[0] / truth.scale[0] - 1).abs().max()) < 0.1

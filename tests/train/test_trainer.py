@@ -230,3 +230,18 @@ def test_a_run_stopped_on_an_epochs_last_batch_loses_nothing(quick_config, tmp_p
     assert best_a == best_b
     for key, value in a["trained_state"].items():
         assert torch.equal(value, b["trained_state"][key]), key
+
+
+def test_training_on_one_to_three_slices(quick_config, tmp_path):
+    """data.num_slices=[1,3]: K drawn per sample, the further slices' crop streams only
+    (data.extra_slice_streams=crop); the checkpoint keeps the settings and the evaluation's validation
+    of it conditions on several slices."""
+    cfg = quick_config("data.num_slices=[1,3]", "data.extra_slice_streams=crop", "training.epochs=1")
+    summary = train(cfg, tmp_path / "run")
+    assert summary["status"] == "completed"
+    stored = read_training_checkpoint(tmp_path / "ckpt" / "last.pt")["config"]["data"]
+    assert stored["num_slices"] == [1, 3] and stored["extra_slice_streams"] == "crop"
+    with pytest.raises(ConfigError, match="conditions on one slice only"):
+        from sam3d_med.train.config_check import check_training_config
+
+        check_training_config(quick_config("data.num_slices=[2]", "data.target_frame=volume"))

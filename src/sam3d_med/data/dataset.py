@@ -41,6 +41,8 @@ from ..io.npz import read_npz
 from .geometry import take_slice, world_grid
 from .object_frame import DEFAULT_CUBE_MARGIN, ObjectCube, object_cube
 from .frames import TargetFrame, target_frame
+from .input_slices import EXTRA_PREFIX, MAX_SLICES, STREAMS_OF_EXTRA_SLICES
+from .slice_policies import draw_num_slices, input_slice_entries
 from .cache import case_classes, case_grid, case_sdf, cases_of, class_pixels, slice_classes
 from .crop import AIR_HU
 from .preprocess import load_manifest  # noqa: F401 (imported from here by callers)
@@ -139,11 +141,14 @@ def object_centric(pointmap: torch.Tensor, mask: torch.Tensor):
 
 def condition_inputs(image: torch.Tensor, mask: torch.Tensor, pointmap: torch.Tensor, affine: np.ndarray,
                      shape_ijk: tuple[int, int, int], size: int, angle: float = 0.0, scale: float = 1.0,
-                     jitter: tuple[float, float] | None = None, frame: str | TargetFrame = "object") -> dict:
+                     jitter: tuple[float, float] | None = None, frame: str | TargetFrame = "object",
+                     normalised_by: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """The model's inputs from one slice: ``image`` (3,H,W) in [0,1], ``mask`` (1,H,W) of the class,
     ``pointmap`` (3,H,W) world mm, on a grid of ``shape_ijk`` with ``affine``; ``angle`` (radians),
     ``scale`` and ``jitter`` (contrast, brightness) are the augmentation (none by default); ``frame``
-    chooses the pointmaps' normalisation (module doc)."""
+    chooses the pointmaps' normalisation (module doc), from the moments of this slice's masked points
+    or of ``normalised_by`` ((3, N) world mm, (N,) mask: every input slice's, so that one shift and
+    scale place all of them in one frame)."""
     if jitter is not None:
         image = (image * jitter[0] + jitter[1]).clamp(0, 1)
     H, W = mask.shape[1:]
@@ -154,11 +159,43 @@ def condition_inputs(image: torch.Tensor, mask: torch.Tensor, pointmap: torch.Te
     side = BOX_FACTOR * (max(rows.max() - rows.min(), cols.max() - cols.min()).item() + 1)
     crop = _views(image, mask, pointmap, _square_grid(centre, side, size, (H, W), angle, scale))
     full = _views(image, mask, pointmap, _square_grid(((H - 1) / 2, (W - 1) / 2), max(H, W), size, (H, W), angle, scale))
+    by_points, by_mask = normalised_by if normalised_by is not None else (pointmap.numpy(), mask[0].numpy())
     points, full_points, shift, point_scale = target_frame(frame).condition_pointmaps(
-        crop[2], crop[1], full[2], pointmap.numpy(), mask[0].numpy(), affine, shape_ijk)
+        crop[2], crop[1], full[2], by_points, by_mask, affine, shape_ijk)
     return {"image": crop[0], "mask": crop[1], "pointmap": points,
             "pointmap_shift": shift, "pointmap_scale": point_scale,  # world mm = pointmap * scale + shift
             "rgb_image": full[0], "rgb_image_mask": full[1], "rgb_pointmap": full_points}
+
+
+def condition_inputs_of_slices(slices: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], affine: np.ndarray,
+                               shape_ijk: tuple[int, int, int], size: int, angle: float = 0.0, scale: float = 1.0,
+                               jitter: tuple[float, float] | None = None, frame: str | TargetFrame = "object",
+                               extra_streams: tuple[str, ...] | None = None) -> dict:
+    """The model's inputs from one or more slices of one grid, each (image (3,H,W), mask (1,H,W),
+    pointmap (3,H,W) world mm), the first being the primary: ``condition_inputs`` of each, all
+    normalised by the moments of all their masked points (one frame for every slice); the further
+    slices' ``extra_streams`` stacked in ``extra_<stream>`` (MAX_SLICES - 1, C, S, S), zero-padded, with
+    ``extra_present`` (MAX_SLICES - 1,). ``extra_streams`` None: one slice, no ``extra_*`` fields."""
+    normalised_by = None
+    if len(slices) > 1:  # one shift and scale for every input slice, from all their masked points
+        normalised_by = (np.concatenate([p.numpy().reshape(3, -1) for _, _, p in slices], 1),
+                         np.concatenate([m.numpy().reshape(-1) for _, m, _ in slices]))
+    views = [condition_inputs(image, mask, points, affine, shape_ijk, size, angle, scale, jitter, frame, normalised_by)
+             for image, mask, points in slices]
+    sample = views[0]
+    if extra_streams is None:
+        if len(slices) > 1:
+            raise InputError("several input slices, but no condition streams named for the further ones")
+        return sample
+    if len(slices) > MAX_SLICES:
+        raise InputError(f"at most {MAX_SLICES} input slices (got {len(slices)})")
+    for name in extra_streams:
+        stacked = torch.zeros((MAX_SLICES - 1,) + sample[name].shape)
+        for k, view in enumerate(views[1:]):
+            stacked[k] = view[name]
+        sample[EXTRA_PREFIX + name] = stacked
+    sample[EXTRA_PREFIX + "present"] = (torch.arange(MAX_SLICES - 1) < len(views) - 1).float()
+    return sample
 
 
 # Per-sample fields whose size follows the case's grid (scans of any size): padded at the far end of
@@ -193,20 +230,30 @@ class SliceClassDataset(Dataset):
                  min_pixels: int = 10, augment: Augmentation | None = None, seed: int = 0,
                  latent_dir: str | Path | None = None, frame: str | TargetFrame = "object", cube_resolution: int = 64,
                  cube_margin: float = DEFAULT_CUBE_MARGIN, epoch_mode: str = "slices",
-                 samples: list[tuple[str, dict, int]] | None = None):
+                 samples: list[tuple[str, dict, int]] | None = None, num_slices: tuple[int, ...] = (1,),
+                 slice_policy: str = "orthogonal", slice_spacing_mm: float = 15.0, extra_slice_streams: str = "all"):
         """``latent_dir``: folder of precomputed flow targets (``<case>.npy``, float32 (C, c, R, R, R),
         one latent per class 1..C, in ``frame``); each sample then also holds ``shape_latent``
         (c, R, R, R). ``cube_resolution``: cells per side of the object cube (the decoder's output).
         ``epoch_mode``: ``EPOCH_MODES`` (``samples`` lists every (case, slice, class); in "pairs" mode
         an index is a (case, class) pair of ``pairs`` whose slice is drawn per epoch). ``samples``: the
         (case id, slice entry, class) samples to hold instead of every one with ``min_pixels``, in
-        this order (validation and evaluation: the chosen slices)."""
+        this order (validation and evaluation: the chosen slices). ``num_slices`` ([K] or [K_min, K_max],
+        drawn per item, seeded) input slices per sample: the sample's slice first, the others chosen by
+        ``slice_policy`` (``slice_policies``; fewer where the case has fewer), all normalised with one
+        shift and scale; the further slices' ``extra_slice_streams`` go in ``extra_<stream>`` with
+        ``extra_present``; every sample has ``input_axes``/``input_indices``/``input_count``
+        (``input_slices``)."""
         if epoch_mode not in EPOCH_MODES:
             raise InputError(f"data.epoch must be one of {EPOCH_MODES} (got {epoch_mode!r})")
         self.epoch_mode = epoch_mode
+        self.num_slices, self.slice_policy, self.slice_spacing_mm = tuple(num_slices), slice_policy, slice_spacing_mm
+        self.extra_streams = STREAMS_OF_EXTRA_SLICES[extra_slice_streams]
         self.cache_dir = Path(cache_dir)
         self.latent_dir = Path(latent_dir) if latent_dir is not None else None
         self.frame = target_frame(frame)
+        if self.num_slices[-1] > 1 and not self.frame.several_slices:
+            raise InputError(f"the {self.frame} frame conditions on one slice only (num_slices {list(num_slices)})")
         self.cube_resolution, self.cube_margin = int(cube_resolution), float(cube_margin)
         if crop_size[0] != crop_size[1]:
             raise InputError(f"data.preprocess_crop_size must be square (SAM3D crops are square), got {list(crop_size)}")
@@ -277,15 +324,31 @@ class SliceClassDataset(Dataset):
             raise InputError(f"slice {slice_idx} along axis {axis} is outside the volume frame's window")
         return index, window.affine(affine), window.shape
 
+    def input_entries(self, case_id: str, entry: dict, cls: int, index: int) -> list[dict]:
+        """The sample's input slices (cache entries), ``entry`` first: K drawn from ``num_slices`` and the
+        others chosen by the slice policy, seeded by (seed, epoch, index); as many as the case has."""
+        if self.num_slices == (1,):
+            return [entry]
+        rng = np.random.default_rng([self.seed, self.epoch, index, 2])
+        for k in range(draw_num_slices(self.num_slices, rng), 0, -1):
+            try:
+                return input_slice_entries(self.cases[case_id], cls, entry, k, self.slice_policy,
+                                           spacing_mm=self.slice_spacing_mm, rng=rng)
+            except ValueError:  # the case has fewer such slices of the class: take fewer
+                continue
+        return [entry]
+
+    def _read_slice(self, entry: dict, cls: int):
+        arrays = read_npz(self.cache_dir / entry["file"], ("image", "mask", "pointmap", "affine"), "slice file")
+        return (torch.from_numpy(arrays["image"].astype(np.float32)),
+                torch.from_numpy((arrays["mask"] == cls).astype(np.float32))[None],
+                torch.from_numpy(arrays["pointmap"].astype(np.float32)), arrays["affine"])
+
     def __getitem__(self, index: int) -> dict:
         case_id, entry, cls = self.sample_at(index)
-        path = self.cache_dir / entry["file"]
-        arrays = read_npz(path, ("image", "mask", "pointmap", "affine"), "slice file")
-        image = torch.from_numpy(arrays["image"].astype(np.float32))
-        label = arrays["mask"]
-        pointmap = torch.from_numpy(arrays["pointmap"].astype(np.float32))
-        affine = arrays["affine"]
-        mask = torch.from_numpy((label == cls).astype(np.float32))[None]
+        image, mask, pointmap, affine = self._read_slice(entry, cls)
+        entries = self.input_entries(case_id, entry, cls, index)
+        further = [self._read_slice(e, cls) for e in entries[1:]]
         angle, scale, jitter = 0.0, 1.0, None
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -304,7 +367,13 @@ class SliceClassDataset(Dataset):
             pointmap = torch.from_numpy(take_slice(world_grid(shape, affine, np.float32), int(entry["axis"]), slice_idx,
                                                    leading=1).copy())
             sdf_volume = window.take(sdf_volume, None, edge=True)
-        sample = condition_inputs(image, mask, pointmap, affine, shape, self.size, angle, scale, jitter, self.frame)
+        sample = condition_inputs_of_slices([(image, mask, pointmap)] + [f[:3] for f in further], affine, shape,
+                                            self.size, angle, scale, jitter, self.frame,
+                                            self.extra_streams if self.num_slices[-1] > 1 else None)
+        sample["input_axes"] = torch.tensor([int(e["axis"]) for e in entries] + [-1] * (MAX_SLICES - len(entries)))
+        indices = [slice_idx] + [int(e["slice_idx"]) for e in entries[1:]]  # the first on the window's grid, if any
+        sample["input_indices"] = torch.tensor(indices + [-1] * (MAX_SLICES - len(entries)))
+        sample["input_count"] = len(entries)
         if window is not None:
             sample["window_start"] = torch.tensor(window.start, dtype=torch.long)
         sdf = torch.from_numpy(sdf_volume)[None]

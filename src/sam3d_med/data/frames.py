@@ -29,6 +29,7 @@ class TargetFrame:
     description = ""
     placed_by_pose = False
     windowed = False  # the decoder's grid is an n^3 window of the scan (``window``)
+    several_slices = False  # conditions on several input slices (one normalisation for all of them)
 
     def __repr__(self) -> str:
         return f"<target frame {self.name}>"
@@ -41,6 +42,7 @@ class ObjectFrame(TargetFrame):
     name = "object"
     description = "the structure in its own cube, placed by the predicted pose"
     placed_by_pose = True
+    several_slices = True
 
     def condition_pointmaps(self, crop_points, crop_mask, full_points, slice_points, slice_mask, affine, shape_ijk):
         """Both views' pointmaps (3, S, S) normalised by the moments of the input slice(s) as they are

@@ -21,6 +21,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 MAX_SLICES = 3  # data.num_slices and --num_slices allow 1..3 (orthogonal slices: one per axis)
+# the condition streams of the slices after the first (``data.extra_slice_streams``): all six of the
+# release (crop and full frame of image, mask and pointmap), or the crop's three (half the tokens)
+EXTRA_SLICE_STREAMS = ("all", "crop")
+CROP_STREAMS = ("image", "mask", "pointmap")
+STREAMS_OF_EXTRA_SLICES = {"all": CROP_STREAMS + ("rgb_image", "rgb_image_mask", "rgb_pointmap"), "crop": CROP_STREAMS}
+EXTRA_PREFIX = "extra_"  # a batch's ``extra_<stream>`` (B, MAX_SLICES - 1, C, S, S) and ``extra_present`` (B, MAX_SLICES - 1)
+SLICE_POLICIES = ("orthogonal", "parallel", "random")  # data.slice_policy (``slice_policies``)
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,7 @@ from numbers import Integral, Real
 import numpy as np
 
 from .cache import case_spacing, class_pixels
-
-SLICE_POLICIES = ("orthogonal", "parallel", "random")
-MAX_SLICES = 3
+from .input_slices import MAX_SLICES, SLICE_POLICIES  # noqa: F401 (declared with the input slices)
 
 
 def _key(entry: dict) -> tuple[int, int]:

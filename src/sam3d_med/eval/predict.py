@@ -35,7 +35,7 @@ import torch
 from scipy import ndimage, special
 
 from ..data.crop import AIR_HU
-from ..data.dataset import condition_inputs
+from ..data.dataset import condition_inputs, condition_inputs_of_slices
 from ..data.geometry import (bounding_box, canonical_resampled, take_slice, voxel_to_world, world_grid,
                              world_to_voxel)
 from ..data.preprocess import window_ct
@@ -46,7 +46,7 @@ from ..io.atomic import atomic_path, atomic_write_text
 from ..io.nifti import Volume, label_on_image_grid, load_volume, save_volume, voxel_spacing_mm
 from ..preflight import absent_class_error
 from ..data.frames import target_frame
-from ..data.input_slices import InputSlices
+from ..data.input_slices import STREAMS_OF_EXTRA_SLICES, InputSlice, InputSlices
 from ..model.placement import (SLICE_LOGIT, grid_points_mm, impose_input_slices, mean_of_draws_at,
                                reconstruct_on_grid)
 from ..io.png import from_display, read_mask_png
@@ -108,6 +108,21 @@ class CanonicalSlice:
                                   self.index, crop_size, frame)
 
 
+def model_inputs_of_slices(views: list[CanonicalSlice], masks: list[np.ndarray], crop_size: int, frame,
+                           extra_slice_streams: str | None) -> dict:
+    """The model's inputs from slices of one canonical grid (the first is the primary one) with their
+    canonical masks [H, W] (``dataset.condition_inputs_of_slices``: one normalisation for all)."""
+    windows = window_ct(views[0].image.data)
+    world = world_grid(views[0].image.data.shape, views[0].image.affine)
+    slices = [(torch.from_numpy(np.ascontiguousarray(take_slice(windows, v.axis, v.index, leading=1), dtype=np.float32)),
+               torch.from_numpy(np.asarray(m, dtype=np.float32))[None],
+               torch.from_numpy(np.ascontiguousarray(take_slice(world, v.axis, v.index, leading=1), dtype=np.float32)))
+              for v, m in zip(views, masks)]
+    return condition_inputs_of_slices(slices, views[0].image.affine, tuple(views[0].image.data.shape), crop_size,
+                                      frame=frame, extra_streams=None if extra_slice_streams is None
+                                      else STREAMS_OF_EXTRA_SLICES[extra_slice_streams])
+
+
 def slice_model_inputs(image3_plane: np.ndarray, mask_plane: np.ndarray, affine: np.ndarray, shape_ijk, axis: int,
                        index: int, crop_size: int, frame: str) -> dict:
     """``condition_inputs`` of slice ``index`` along ``axis`` of a grid (``shape_ijk``, ``affine``):
@@ -120,14 +135,16 @@ def slice_model_inputs(image3_plane: np.ndarray, mask_plane: np.ndarray, affine:
                             crop_size, frame=frame)
 
 
-def canonical_slice(image: Volume, axis: int, slice_idx: int, spacing_mm: float) -> CanonicalSlice:
-    """The stored slice ``slice_idx`` along stored ``axis`` on the model's grid (see module doc)."""
+def canonical_slice(image: Volume, axis: int, slice_idx: int, spacing_mm: float,
+                    canonical: Volume | None = None) -> CanonicalSlice:
+    """The stored slice ``slice_idx`` along stored ``axis`` on the model's grid (see module doc);
+    ``canonical``: the image on that grid already (another slice's ``image``), not resampled again."""
     if axis not in (0, 1, 2):
         raise InputError("must be 0, 1 or 2", parameter="axis", value=axis)
     if not 0 <= slice_idx < image.data.shape[axis]:
         raise InputError(f"is outside the image's {image.data.shape[axis]} slices along axis {axis}",
                          parameter="slice_idx", value=slice_idx)
-    canon_image = canonical_resampled(image, spacing_mm, order=1)
+    canon_image = canonical if canonical is not None else canonical_resampled(image, spacing_mm, order=1)
     shape = canon_image.data.shape
     # The stored array axis becomes canonical axis ornt[axis, 0]; the canonical slice is the one through
     # the stored slice's centre.
@@ -278,7 +295,8 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
                    mask_png: str | Path | None = None, label_path: str | Path | None = None, class_id: int | None = None,
                    spacing_mm: float = 3.0, crop_size: int = 256, sampler=None, seed: int = 0,
                    probability_path: str | Path | None = None, mesh_path: str | Path | None = None,
-                   device: str = "cpu", frame: str = "object", input_slice: bool = True, pose_fit: bool = True) -> dict:
+                   device: str = "cpu", frame: str = "object", input_slice: bool = True, pose_fit: bool = True,
+                   further_slices: Sequence[tuple[int, int]] = (), extra_slice_streams: str = "all") -> dict:
     """Write the predicted mask (uint8 NIfTI on the input's grid); optionally probabilities and a mesh.
     ``input_slice``: the prediction on the input plane is the input mask (module doc, step 4). An
     empty prediction still writes the NIfTI outputs (no mesh) and returns a ``warning``."""
@@ -309,21 +327,38 @@ def predict_volume(model, image_path: str | Path, axis: int, slice_idx: int, out
                          "{class_id} N")
     if not mask_canon.any():
         raise InputError("the mask does not reach any pixel of the model's grid (too small for its spacing)")
+    views, masks = [view], [mask_canon]
+    if further_slices:  # (stored axis, index) of each further slice: its mask from the label volume
+        if label_path is None or not target_frame(frame).several_slices:
+            raise InputError("several input slices need {label_path} and {class_id} (each slice's mask is read from the "
+                             f"labels) and a model of the object frame (this one: {target_frame(frame)})")
+        for a, i in further_slices:
+            further = canonical_slice(image, a, i, spacing_mm, canonical=view.image)
+            plane = take_slice(present, a, i)
+            if not plane.any():
+                raise InputError(f"is not on slice {i} along axis {a} (a further input slice)", parameter="class_id",
+                                 value=class_id)
+            views.append(further)
+            masks.append(further.mask_from_stored(plane))
     if target_frame(frame).windowed:  # the model's n^3 window of the grid
         labels_canonical = None if label_path is None else canonical_resampled(label, spacing_mm, order=0).data
         view, (mask_canon,), _ = volume_frame_view(view, [mask_canon], model.cfg.occupancy_resolution, labels_canonical)
+        views, masks = [view], [mask_canon]
+    try:
+        given = InputSlices(tuple(InputSlice(v.axis, v.index, m) for v, m in zip(views, masks)))
+    except ValueError as exc:  # two slices that are one plane of the model's grid
+        raise InputError(f"input slices: {exc} (on the model's {spacing_mm:g} mm grid)") from None
+    inputs = model_inputs_of_slices(views, masks, crop_size, frame, extra_slice_streams if len(views) > 1 else None)
     reconstruction = reconstruct_logits(
-        model, [view.model_inputs(mask_canon, crop_size, frame)], view.image.data.shape, view.image.affine, frame=frame,
-        seed=seed, sampler=sampler, device=device,
-        input_slices=[InputSlices.one(view.axis, view.index, mask_canon)] if input_slice else None,
-        pose_fit=pose_fit)[0]
+        model, [inputs], view.image.data.shape, view.image.affine, frame=frame, seed=seed, sampler=sampler,
+        device=device, input_slices=[given] if input_slice else None, pose_fit=pose_fit)[0]
     prob_canonical = special.expit(reconstruction.logits.astype(np.float64))
 
     prob = back_to_input_grid(prob_canonical, view.image.affine, image.data.shape, image.affine)
     predicted = prob >= 0.5
     # the input's own sform and qform (io.nifti: every viewer puts the output where it puts the input)
     save_volume(out_path, predicted.astype(np.uint8), image.affine, dtype=np.uint8, like=image)
-    written = {"mask": str(out_path)}
+    written = {"mask": str(out_path), "input_slices": [[axis, slice_idx], *[[a, i] for a, i in further_slices]]}
     if probability_path:
         save_volume(probability_path, prob.astype(np.float32), image.affine, dtype=np.float32, like=image)
         written["probability"] = str(probability_path)

@@ -17,6 +17,14 @@ command line. Two baselines are scored on the same samples:
   (in voxels) along that axis in the training cases, centred on the input slice;
 and with ``unet_checkpoint`` a third, ``unet``: a supervised 3-D U-Net trained on the training cache
 (``sam3d-med train-unet``, ``model.unet_baseline``) from the same input slice's image and mask.
+With ``num_slices`` K > 1 the model conditions on K input slices: the policy's slice first, the others
+chosen by ``slice_policy`` (``data.slice_policies``: orthogonal, the class's largest section along each
+other axis; parallel, ``slice_spacing_mm`` apart; random, seeded; fewer where the case has fewer); its
+pose is fitted to all of them and each of their planes is set to its mask; the baselines use the same
+slices: ``visual_hull`` (each slice's mask extruded along its axis over the class's median extent,
+intersected; ``extrude`` is its K = 1 case) and, for parallel slices, ``interpolation`` (shape-based
+interpolation of the slices' signed distances, ``slice_baselines``); each record has the slices used
+(``input_slices``: [[axis, index], ...]).
 A test class the training did not have (e.g. a whole heart after training on its chambers) is scored
 only when ``class_unions`` names the training classes it is the union of: the model as for any class,
 the baselines from the union's occupancy and extent, the U-Net with those classes' inputs on; or left
@@ -56,12 +64,13 @@ from ..data.geometry import bounding_box, centred_on
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_json, atomic_write_text
 from ..data.frames import TargetFrame, target_frame
-from ..data.input_slices import InputSlices
+from ..data.input_slices import MAX_SLICES, SLICE_POLICIES, InputSlices
 from ..model.placement import SLICE_LOGIT, impose_input_slices, reconstruct_on_grid
-from ..model.sam3d import CONDITION_INPUTS
+from ..model.sam3d import condition_of
 from ..model.trained import TrainedModel, sampler_settings
 from ..settings import RunSettings
 from .layout import CASES_DIR, METRICS_CSV, METRICS_JSON, VIZ_DIR, case_figure_path, case_record_path
+from .slice_baselines import InputPlane, extruded, shape_based_interpolation, visual_hull
 from .metrics import DEFAULT_NSD_TOLERANCES_MM, NSD_DEFINITIONS, metric_table, segmentation_metrics, summarize
 
 NSD_DESCRIPTIONS = {
@@ -91,6 +100,16 @@ class EvalOptions:
     # test class name -> the training classes it is the union of (a class the training did not have)
     class_unions: dict[str, tuple[int, ...]] | None = None
     exclude_classes: tuple[str, ...] = ()  # test class names left out (no training class is them)
+    num_slices: int = 1  # input slices per reconstruction: the policy's slice, then ``slice_policy``'s
+    slice_policy: str = "orthogonal"  # the further slices (``data.slice_policies``)
+    slice_spacing_mm: float = 15.0  # parallel slices: their spacing
+
+    @property
+    def baselines(self) -> tuple[str, ...]:
+        """The baselines scored beside the model on these input slices (``unet`` is added when given)."""
+        if self.num_slices == 1:
+            return ("mean_shape", "extrude")
+        return ("mean_shape", "visual_hull") + (("interpolation",) if self.slice_policy == "parallel" else ())
 
     @property
     def fits_pose(self) -> bool:
@@ -100,6 +119,11 @@ class EvalOptions:
     def __post_init__(self):  # checked where the options are made, before any model is loaded
         if self.policy not in POLICIES:
             raise ConfigError(f"must be one of {', '.join(POLICIES)}", parameter="policy", value=self.policy)
+        if isinstance(self.num_slices, bool) or not isinstance(self.num_slices, int) or not 1 <= self.num_slices <= MAX_SLICES:
+            raise ConfigError(f"must be a whole number in 1..{MAX_SLICES}", parameter="num_slices", value=self.num_slices)
+        if self.slice_policy not in SLICE_POLICIES:
+            raise ConfigError(f"must be one of {', '.join(SLICE_POLICIES)}", parameter="slice_policy",
+                              value=self.slice_policy)
 
 
 class TrainingPriors:
@@ -135,15 +159,10 @@ class TrainingPriors:
         return centred_on(self.mean_occupancy[cls], tuple(shape_ijk))
 
     def extrude(self, occupancy: np.ndarray, cls: int, axis: int, slice_idx: int) -> np.ndarray:
-        plane = np.take(occupancy, slice_idx, axis=axis)
-        extent = self.extent[cls][axis]
-        lo = max(0, slice_idx - extent // 2)
-        hi = min(occupancy.shape[axis], lo + extent)
-        out = np.zeros_like(occupancy, dtype=bool)
-        index = [slice(None)] * 3
-        index[axis] = slice(lo, hi)
-        out[tuple(index)] = np.expand_dims(plane, axis)
-        return out
+        """The extrude baseline: ``occupancy``'s plane repeated over the class's median extent along
+        ``axis``, centred on it (``slice_baselines.extruded``)."""
+        plane = InputPlane(axis, slice_idx, np.take(occupancy, slice_idx, axis=axis).astype(bool))
+        return extruded(plane, occupancy.shape, self.extent[cls][axis])
 
 
 def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: TargetFrame, weights: dict | None,
@@ -153,7 +172,10 @@ def _protocol(options: EvalOptions, sampler, checkpoint: str, frame: TargetFrame
            "pose_fit_to_input_slice": options.fits_pose and frame.placed_by_pose,
            "seed": options.seed, "nsd_tolerances_mm": list(options.nsd_tolerances_mm),
            "nsd_definition": NSD_DESCRIPTIONS[options.nsd_definition],
-           "checkpoint": str(checkpoint), "weights": weights, "baselines": ["mean_shape", "extrude"]}
+           "checkpoint": str(checkpoint), "weights": weights, "baselines": list(options.baselines)}
+    if options.num_slices > 1:  # (one slice: the protocol of before, so that its scored cases are reused)
+        doc["input_slices"] = {"num_slices": options.num_slices, "slice_policy": options.slice_policy,
+                               "slice_spacing_mm": options.slice_spacing_mm}
     if unet_identity:
         doc["baselines"].append(UNET_METHOD)
         doc["unet"] = unet_identity
@@ -245,9 +267,12 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
     for case in tqdm(todo, desc="evaluate", unit="case"):
         chosen = [(case["case_id"], entry, cls) for entry, cls in choose_slices(case, axes, options.policy)
                   if cls in groups]  # excluded classes are not scored
-        dataset = SliceClassDataset(data_root, manifest, [case["case_id"]], crop, min_pixels=1, frame=frame,
-                                    cube_resolution=model.cfg.occupancy_resolution,
-                                    cube_margin=run.data.cube_margin, samples=chosen)
+        dataset = SliceClassDataset(data_root, manifest, [case["case_id"]], crop, min_pixels=1, seed=options.seed,
+                                    frame=frame, cube_resolution=model.cfg.occupancy_resolution,
+                                    cube_margin=run.data.cube_margin, samples=chosen,
+                                    num_slices=(options.num_slices,), slice_policy=options.slice_policy,
+                                    slice_spacing_mm=options.slice_spacing_mm,
+                                    extra_slice_streams=run.data.extra_slice_streams)
         loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False, collate_fn=collate_samples)
         spacing = case_spacing(case)
         grid = case_grid(case)
@@ -256,7 +281,8 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
         viz_logits, viz_slices = {}, {}
         position = 0
         for batch in loader:
-            inputs = {k: batch[k].to(device) for k in (*CONDITION_INPUTS, "pointmap_shift", "pointmap_scale")}
+            inputs = {k: v.to(device) for k, v in {**condition_of(batch), "pointmap_shift": batch["pointmap_shift"],
+                                                  "pointmap_scale": batch["pointmap_scale"]}.items()}
             # each sample's input slices: their planes of the true occupancy (the slices are given)
             given = InputSlices.from_batch(batch, lambda b, a, i: batch["occupancy"][b, 0].select(a, i))
             with torch.no_grad():
@@ -277,14 +303,14 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                 if case_visuals is not None and entry["axis"] == viz_axis:
                     viz_logits[cls] = model_logits
                     viz_slices[cls] = entry["slice_idx"]
-                predictions = {"model": model_logits > 0,
-                               "mean_shape": priors.mean_shape(cls, truth.shape),
-                               "extrude": priors.extrude(truth, cls, entry["axis"], entry["slice_idx"])}
+                predictions = {"model": model_logits > 0, "mean_shape": priors.mean_shape(cls, truth.shape),
+                               **slice_baselines(priors, truth, cls, given[b], options, spacing)}
                 if unet_logits is not None:
                     predictions[UNET_METHOD] = unet_logits[b] > 0
                 for method, pred in predictions.items():
                     case_records.append({"case_id": case["case_id"], "class_id": cls, "class_name": names[str(cls)],
-                                         "axis": entry["axis"], "slice_idx": entry["slice_idx"], "method": method,
+                                         "axis": entry["axis"], "slice_idx": entry["slice_idx"],
+                                         "input_slices": given[b].planes(), "method": method,
                                          **segmentation_metrics(pred, truth, spacing, options.nsd_tolerances_mm,
                                                               options.nsd_definition)})
         if case_visuals is not None and viz_logits:
@@ -293,6 +319,21 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                                                                           "records": case_records})
         records += case_records
     return write_reports(records, output_dir, protocol, names, options, warnings)
+
+
+def slice_baselines(priors: TrainingPriors, truth: np.ndarray, cls: int, given: InputSlices, options: EvalOptions,
+                    spacing_mm) -> dict[str, np.ndarray]:
+    """The baselines that use the input slices (their planes of ``truth``, the case-grid occupancy):
+    one slice, ``extrude``; several, the ``visual_hull`` (``extrude`` is its one-slice case) and, for
+    parallel slices, ``interpolation`` (shape-based, of their signed distances)."""
+    if len(given) == 1 and options.num_slices == 1:
+        return {"extrude": priors.extrude(truth, cls, given.primary.axis, given.primary.index)}
+    planes = [InputPlane(s.axis, s.index, np.take(truth, s.index, axis=s.axis).astype(bool)) for s in given]
+    out = {"visual_hull": visual_hull(planes, truth.shape, priors.extent[cls])}
+    if "interpolation" in options.baselines:
+        out["interpolation"] = shape_based_interpolation(planes, truth.shape, spacing_mm,
+                                                         priors.extent[cls][given.primary.axis])
+    return out
 
 
 def training_classes_of(names: dict, train_names: dict, unions: dict | None, data_root,
@@ -403,10 +444,12 @@ def write_reports(records: list[dict], output_dir: Path, protocol: dict, names: 
                 "warnings": list(warnings or []), "summary": summary, "records": records}
     atomic_write_json(output_dir / METRICS_JSON, json_safe(document))
     buffer = io.StringIO()
-    fields = ["case_id", "class_id", "class_name", "axis", "slice_idx", "method"] + metric_names
-    writer = csv.DictWriter(buffer, fieldnames=fields)
+    several = options.num_slices > 1  # the slices used: "axis:index" of each, ";" between them
+    fields = ["case_id", "class_id", "class_name", "axis", "slice_idx"] + ["input_slices"] * several + ["method"] \
+        + metric_names
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(records)
+    writer.writerows({**r, "input_slices": ";".join(f"{a}:{i}" for a, i in r.get("input_slices", []))} for r in records)
     atomic_write_text(output_dir / METRICS_CSV, buffer.getvalue())
     return document
 

@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.input_slices import EXTRA_PREFIX
 from .config import EMBEDDER_INPUTS, ModelConfig, PointEmbedConfig, ViTConfig
 from .vit import Block, DinoVisionTransformer
 
 # (module index, input name, position group: 0 crop, 1 full frame), in token order
 STREAMS = tuple((module, name, group) for module, names in enumerate(EMBEDDER_INPUTS) for group, name in enumerate(names))
+EXTRA_PRESENT = EXTRA_PREFIX + "present"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -151,7 +153,14 @@ class ConditionEmbedder(nn.Module):
     def forward(self, generator: torch.Generator | None = None, **inputs: torch.Tensor) -> torch.Tensor:
         """Inputs by name (see ``STREAMS``): images (B,3,H,W) and masks (B,1,H,W) in [0,1], pointmaps
         (B,3,H,W) normalised (NaN = no point). Returns condition tokens (B, T, cond_dim).
-        ``generator`` draws the training-time modality dropout (the global RNG when None)."""
+        ``generator`` draws the training-time modality dropout (the global RNG when None).
+
+        Further input slices (``data.input_slices``): ``extra_<name>`` (B, E, C, H, W) for some of the
+        streams and ``extra_present`` (B, E); each further slice's streams are embedded as the first
+        slice's are (same modules, same crop/full position embedding: their pointmaps, normalised in
+        the first slice's frame, say where each lies) and appended, slice by slice; an absent slice
+        (``extra_present`` 0, padding) has zero tokens, as a dropped modality has. Dropout drops a
+        stream of every slice together."""
         missing = [name for _, name, _ in STREAMS if name not in inputs]
         if missing:
             raise ValueError(f"condition inputs missing: {missing}")
@@ -159,7 +168,19 @@ class ConditionEmbedder(nn.Module):
         keep = self.dropped_streams(batch, generator, self.idx_emb.device)
         tokens = []
         for module_index, name, group in STREAMS:
-            x = self.projection_nets[module_index](self.module_list[module_index](inputs[name]))
-            x = x + self.idx_emb[group].to(x.dtype)
+            x = self._stream(inputs[name], module_index, group)
             tokens.append(x * keep[name].to(x.dtype).view(-1, 1, 1))
+        present = inputs.get(EXTRA_PRESENT)
+        extra = [(module_index, name, group) for module_index, name, group in STREAMS if EXTRA_PREFIX + name in inputs]
+        # the further slices up to the last one any sample of the batch has (the rest is padding)
+        used = 0 if present is None or not (present > 0).any() else int(torch.nonzero((present > 0).any(0)).max()) + 1
+        for slice_index in range(used):
+            for module_index, name, group in extra:
+                x = self._stream(inputs[EXTRA_PREFIX + name][:, slice_index], module_index, group)
+                factor = keep[name].to(x.dtype) * present[:, slice_index].to(x.device, x.dtype)
+                tokens.append(x * factor.view(-1, 1, 1))
         return torch.cat(tokens, dim=1)
+
+    def _stream(self, x: torch.Tensor, module_index: int, group: int) -> torch.Tensor:
+        x = self.projection_nets[module_index](self.module_list[module_index](x))
+        return x + self.idx_emb[group].to(x.dtype)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.input_slices import EXTRA_PREFIX
 from ..data.occupancy import solid_logits_from_shell
 from .condition import STREAMS, ConditionEmbedder
 from .config import ModelConfig, get_preset
@@ -23,6 +24,12 @@ from .pose import Pose, check_convention, decode_pose, encode_pose, identity_pos
 from .vae import SparseStructureDecoder, SparseStructureEncoder, latent_cube_to_tokens, tokens_to_latent_cube
 
 CONDITION_INPUTS = tuple(name for _, name, _ in STREAMS)
+
+
+def condition_of(batch: dict) -> dict:
+    """The condition embedder's inputs in ``batch``: the first slice's streams and, when the batch has
+    further input slices, their ``extra_*`` streams and ``extra_present``."""
+    return {k: v for k, v in batch.items() if k in CONDITION_INPUTS or k.startswith(EXTRA_PREFIX)}
 
 
 def precision_region(dtype: torch.dtype, enabled: bool, device_type: str = "cuda"):
@@ -90,7 +97,7 @@ class SparseStructureModel(nn.Module):
         flow_dtype = torch.float16 if self.cfg.flow.use_fp16 else torch.bfloat16
         sampler = sampler or self.cfg.sampler
         with precision_region(torch.bfloat16, cuda):
-            cond = self.condition_embedder(**{k: condition_inputs[k] for k in CONDITION_INPUTS})
+            cond = self.condition_embedder(**condition_of(condition_inputs))
         with precision_region(flow_dtype, cuda):
             if one_step:
                 return one_step_latents(self.generator, cond, self.generator.latent_shapes(), sampler, seed)

@@ -39,7 +39,8 @@ from ..data.occupancy import surface_shell
 from ..model.flow_matching import flow_matching_loss
 from ..model.flow_transformer import SHAPE
 from ..model.pose import Pose
-from ..model.sam3d import CONDITION_INPUTS as CONDITION_KEYS
+from ..model.sam3d import CONDITION_INPUTS as CONDITION_KEYS  # noqa: F401 (imported from here by the benchmarks)
+from ..model.sam3d import condition_of
 from ..model.sam3d import SparseStructureModel
 from ..settings import LossWeights  # the config's loss group, checked as built
 
@@ -122,7 +123,7 @@ class TrainingObjective(torch.nn.Module):
             occupancy = surface_shell(occupancy > 0.5).to(occupancy.dtype)
         frozen = not any(p.requires_grad for p in model.condition_embedder.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):  # frozen: no activations kept
-            cond = model.condition_embedder(**{k: batch[k] for k in CONDITION_KEYS})
+            cond = model.condition_embedder(**condition_of(batch))
         targets = model.latent_targets(occupancy, shape_latents=batch.get("shape_latent"), pose=pose)
         flow = flow_matching_loss(model.generator, targets, cond, model.cfg.objective,
                                   time_scale=model.cfg.sampler.time_scale, generator=generator)

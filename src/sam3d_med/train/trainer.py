@@ -351,6 +351,12 @@ class TrainingData:
     best_by: str
 
 
+def input_slice_settings(data) -> dict:
+    """The dataset's input-slice arguments from the ``data`` settings (``data.num_slices`` etc.)."""
+    return dict(num_slices=data.num_slices, slice_policy=data.slice_policy, slice_spacing_mm=data.slice_spacing_mm,
+                extra_slice_streams=data.extra_slice_streams)
+
+
 def training_data(cfg: DictConfig, model: SparseStructureModel, ranks: Ranks, identity: dict, frame: str,
                   seed: int) -> TrainingData:
     """The cache's cases split (``data.val_fraction``, ``seed``), their flow targets prepared
@@ -363,7 +369,7 @@ def training_data(cfg: DictConfig, model: SparseStructureModel, ranks: Ranks, id
     crop = data.preprocess_crop_size
     augment = Augmentation() if data.augment else None
     geometry = dict(latent_dir=latent_dir, frame=frame, cube_resolution=model.cfg.occupancy_resolution,
-                    cube_margin=data.cube_margin, epoch_mode=data.epoch)
+                    cube_margin=data.cube_margin, epoch_mode=data.epoch, **input_slice_settings(data))
     train_set = SliceClassDataset(data.slice_cache_dir, manifest, train_ids, crop, data.min_pixels, augment,
                                   seed, **geometry)
     # validated as evaluated: each (case, class, axis) from its largest slice (the evaluation's default

@@ -29,8 +29,10 @@ from .comparison import case_surfaces, load_case_volumes
 from .palette import class_colour_hex
 
 METHOD_LABELS = {"model": "fine-tuned model", "mean_shape": "baseline: mean shape", "extrude": "baseline: extrude",
+                 "visual_hull": "baseline: visual hull", "interpolation": "baseline: shape-based interpolation",
                  "unet": "baseline: 3-D U-Net"}
-METHOD_COLOURS = {"model": "#1f77b4", "mean_shape": "#7f7f7f", "extrude": "#bcbd22", "unet": "#d62728"}
+METHOD_COLOURS = {"model": "#1f77b4", "mean_shape": "#7f7f7f", "extrude": "#bcbd22", "visual_hull": "#bcbd22",
+                  "interpolation": "#17becf", "unet": "#d62728"}
 
 
 def _number(value) -> float:
