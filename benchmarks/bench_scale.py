@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sam3d_med.model.config import get_preset
 from sam3d_med.model.flow_matching import time_grid
 from sam3d_med.model.lora import LoraSettings, apply_lora
-from sam3d_med.model.sam3d import CONDITION_INPUTS, SparseStructureModel
+from sam3d_med.model.sam3d import SparseStructureModel, condition_of
 from sam3d_med.train.losses import LossWeights, TrainingObjective
 from sam3d_med.train.memory import GiB, SAFETY, estimate_training_memory
 from sam3d_med.train.memory import synthetic_batch as make_batch
@@ -50,19 +50,24 @@ def build(preset: str, rank: int) -> SparseStructureModel:
     return model.train()
 
 
-def training_flops(model, crop: int) -> float:
+def meta_batch(model, batch: int, crop: int, num_slices: int = 1, streams: str = "all") -> dict:
+    """``train.memory.synthetic_batch`` on the meta device (which further slices are there stays real)."""
+    return make_batch(model, batch, crop, "meta", num_slices, streams)
+
+
+def training_flops(model, crop: int, num_slices: int = 1, streams: str = "all") -> float:
     """FLOPs of one training sample (batch 1), forward and backward, on the meta device."""
-    batch = {k: v.to("meta") for k, v in make_batch(model, 1, crop, "cpu").items()}
+    batch = meta_batch(model, 1, crop, num_slices, streams)
     with FlopCounterMode(display=False) as counter:
         TrainingObjective(model, LossWeights())(batch)["total"].backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
 
-def reconstruction(model, crop: int) -> float:
-    """FLOPs of one sampled reconstruction with the model's sampler settings (batch 1)."""
+def reconstruction(model, crop: int, num_slices: int = 1, streams: str = "all") -> tuple[float, int]:
+    """(FLOPs of one sampled reconstruction with the model's sampler settings (batch 1), condition tokens)."""
     sampler = model.cfg.sampler
-    inputs = {k: v.to("meta") for k, v in make_batch(model, 1, crop, "cpu").items() if k in CONDITION_INPUTS}
+    inputs = condition_of(meta_batch(model, 1, crop, num_slices, streams))
     with torch.no_grad():
         with FlopCounterMode(display=False) as embed:
             cond = model.condition_embedder(**inputs)
@@ -75,7 +80,7 @@ def reconstruction(model, crop: int) -> float:
     grid = time_grid(sampler.steps, sampler.rescale_t).tolist()[:-1]
     lo, hi = sampler.cfg_interval
     passes = sum(2 if sampler.cfg_strength > 0 and lo <= t0 * sampler.time_scale <= hi else 1 for t0 in grid)
-    return embed.get_total_flops() + passes * flow.get_total_flops() + decode.get_total_flops()
+    return embed.get_total_flops() + passes * flow.get_total_flops() + decode.get_total_flops(), cond.shape[1]
 
 
 def measured(pattern: str) -> dict | None:
@@ -100,8 +105,8 @@ def main() -> None:
     cfg = model.cfg
     flops = training_flops(model, args.crop)
     memory = estimate_training_memory(model, lambda m: TrainingObjective(m, LossWeights()),
-                                      lambda b: {k: v.to("meta") for k, v in make_batch(model, b, args.crop, "cpu").items()})
-    recon = reconstruction(model, args.crop)
+                                      lambda b: meta_batch(model, b, args.crop))
+    recon, _ = reconstruction(model, args.crop)
     rate = args.tflops * 1e12
     print(f"preset {args.preset}: Dino input {cfg.image_vit.input_size} px, {cfg.condition_tokens:,d} condition tokens, "
           f"LoRA rank {args.rank}; FLOPs counted on the meta device; sustained rate assumed {args.tflops:g} TFLOP/s")
@@ -147,6 +152,27 @@ def main() -> None:
     print(f"\na 24 GB card (estimate x {SAFETY} safety): batch 4 needs {memory.peak(4, False) * SAFETY / GiB:.1f} GiB "
           f"without checkpointing, {memory.peak(4, True) * SAFETY / GiB:.1f} GiB with it; largest batch: "
           f"{memory.largest_batch(budget, False)} without, {memory.largest_batch(budget, True)} with checkpointing")
+    several_slices(model, args.crop, rate)
+
+
+def several_slices(model, crop: int, rate: float) -> None:
+    """Tokens, FLOPs and memory with K = 1, 2, 3 input slices, the further slices with all six condition
+    streams or the crop's three (``data.extra_slice_streams``); ratios against K = 1 in the same run."""
+    print("\ninput slices (data.num_slices; every sample with K slices), ratios against K = 1")
+    print(f"{'K':>2} {'further streams':>15} {'cond. tokens':>12} {'train TFLOP':>11} {'x':>6} {'recon TFLOP':>11} "
+          f"{'x':>6} {'GiB b=1':>8} {'GiB b=4 ckpt':>12} {'x':>6}")
+    reference = None
+    for k, streams in ((1, "all"), (2, "all"), (3, "all"), (2, "crop"), (3, "crop")):
+        train = training_flops(model, crop, k, streams)
+        recon, tokens = reconstruction(model, crop, k, streams)
+        memory = estimate_training_memory(model, lambda m: TrainingObjective(m, LossWeights()),
+                                          lambda b: meta_batch(model, b, crop, k, streams))
+        gib = (memory.peak(1, False) / GiB, memory.peak(4, True) / GiB)
+        reference = reference or (train, recon, gib[1])
+        print(f"{k:>2} {streams if k > 1 else '-':>15} {tokens:>12,d} {train / 1e12:>11.2f} {train / reference[0]:>6.2f} "
+              f"{recon / 1e12:>11.2f} {recon / reference[1]:>6.2f} {gib[0]:>8.1f} {gib[1]:>12.1f} {gib[1] / reference[2]:>6.2f}")
+    print(f"(at {rate / 1e12:g} TFLOP/s: a K = 3 training sample, all streams, takes "
+          f"{training_flops(model, crop, 3) / rate:.2f} s)")
 
 
 if __name__ == "__main__":

@@ -135,6 +135,9 @@ def main() -> None:
         for k in (int(k) for k in args.num_slices.split(",")):
             rows += score(test_set, cache, k, models, base_model, base_cfg, work, options, device)
             log(f"scored: {test_set}, K={k}")
+            if args.json:  # as it goes: a run stopped at a time limit keeps what it scored
+                Path(args.json).write_text(json.dumps({"args": vars(args), "minutes": minutes, "rows": rows,
+                                                       "partial": True}, indent=1, default=str))
     print(f"\n# bench_slices: base {args.base}, device {device}; {args.train_cases} training phantoms; both LoRA runs "
           f"rank {args.lora_rank}, {args.epochs * args.steps} steps of {args.batch} "
           f"({', '.join(f'{n} {m:.1f} min' for n, m in minutes.items())}); evaluation {args.eval_samples} draws x "

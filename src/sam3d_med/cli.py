@@ -511,8 +511,11 @@ def add_finetuned_arguments(p: argparse.ArgumentParser) -> None:
 def add_comparison_arguments(p: argparse.ArgumentParser) -> None:
     add_inference_arguments(p)
     p.add_argument("--volume", required=True, help="the scan (NIfTI)")
-    p.add_argument("--slice_idx", type=int, required=True, help=STORED_INDEX_HELP)
+    p.add_argument("--slice_idx", type=int, default=None, help=STORED_INDEX_HELP)
     p.add_argument("--axis", type=int, default=2, help=STORED_AXIS_HELP)
+    p.add_argument("--slice", dest="slices", action="append", default=[], metavar="AXIS:INDEX",
+                   help="an input slice (stored axis and index), repeated for several (up to 3, with --label: each "
+                        "structure from every given slice it is on); the first (or --slice_idx) is the primary one")
     p.add_argument("--label", default=None, help="ground-truth labels on the scan's grid: every structure on the slice is "
                                                  "reconstructed and compared")
     p.add_argument("--mask", default=None, help="without --label: PNG mask of one structure on the slice (with --class), in "
@@ -594,8 +597,14 @@ def cmd_visualize_comparison(args) -> int:
     from . import preflight
 
     check_inference_arguments(args)
+    if args.slice_idx is None:
+        args.axis = None  # --axis (default 2) goes with --slice_idx
+    slices = input_slice_options(args)
+    if len(slices) > 1 and args.mask is not None and args.label is None:
+        raise Sam3dMedError("several input slices need --label (each structure's masks are read from the labels)")
     shape = preflight.nifti_shape(args.volume, "--volume", "scan")
-    preflight.slice_option(shape, args.axis, args.slice_idx)
+    for axis, index in slices:
+        preflight.slice_option(shape, axis, index)
     if args.label is None and args.mask is None:
         # a case in the tutorial's layout holds its label beside the image: the ground truth to compare with
         args.label = preflight.label_beside(args.volume)
@@ -615,12 +624,13 @@ def cmd_visualize_comparison(args) -> int:
     preflight.output_path(args.output, "--output")
     from .viz.comparison import compare_on_volume
 
-    inference = load_for_inference(args)
+    inference = load_for_inference(args, several_slices=True)
     names, source = _class_names(args.class_names, args.volume)
-    written = compare_on_volume(image_path=args.volume, axis=args.axis, slice_idx=args.slice_idx,
+    written = compare_on_volume(image_path=args.volume, axis=slices[0][0], slice_idx=slices[0][1],
                                 output_png=args.output, class_names=names,
                                 label_path=args.label, mask_png=args.mask, class_id=args.class_id,
-                                spacing_mm=args.spacing, per_axis=args.slices_per_axis, **inference)
+                                spacing_mm=args.spacing, per_axis=args.slices_per_axis, further_slices=slices[1:],
+                                **inference)
     _print_class_names(names, source)
     print(f"comparison grid: {written['figure']}")
     for c, paths in written["meshes"].items():

@@ -89,6 +89,41 @@ def test_visualize_comparison_tutorial_command(trained, scan, tmp_path):
     assert_one_line_error(done, "outside the image's 64 slices")
 
 
+@pytest.mark.e2e
+def test_visualize_comparison_from_several_slices_frames_each(trained, scan, tmp_path):
+    """--slice repeated: every structure from each given slice it is on; the figure names and frames
+    them all; the primary alone as before."""
+    image, label = scan
+    labels = np.asarray(nib.load(label).dataobj)
+    across = int(np.argmax((labels == 2).sum(axis=(1, 2))))
+    out = tmp_path / "two.png"
+    done = run(REPO / "scripts" / "visualize_comparison.py", "--checkpoint", trained / "ckpt" / "best.pt", "--volume", image,
+               "--slice", "2:32", "--slice", f"0:{across}", "--output", out, "--label", label, "--steps", 2,
+               "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_png_not_blank(out, min_size=(1200, 700))
+    assert "Dice" in done.stdout
+    done = run(REPO / "scripts" / "visualize_comparison.py", "--checkpoint", trained / "ckpt" / "best.pt", "--volume", image,
+               "--slice", "2:32", "--slice", "0:30", "--mask", tmp_path / "m.png", "--class", 2,
+               "--output", tmp_path / "x.png", "--device", "cpu")
+    assert_one_line_error(done, "several input slices need --label")
+    done = run(REPO / "scripts" / "visualize_comparison.py", "--checkpoint", trained / "ckpt" / "best.pt", "--volume", image,
+               "--slice", "2", "--label", label, "--output", tmp_path / "x.png", "--device", "cpu")
+    assert_one_line_error(done, "--slice 2: give AXIS:INDEX")
+
+
+def test_the_figure_frames_every_input_slice():
+    from sam3d_med.viz.slices import comparison_figure, display_slices
+
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[8:22, 10:20, 5:25] = 2
+    assert {(2, 11), (0, 9)} <= set(display_slices(labels, 3, include=[(2, 11), (0, 9)]))
+    fig = comparison_figure(np.zeros(labels.shape), np.eye(4), labels, {2: "left_ventricle"},
+                            input_slice=[(2, 11), (0, 9)], per_axis=3)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert sum("(input slice)" in t for t in titles) == 2
+
+
 def test_png_route_reconstructs_what_the_nifti_route_does(trained, scan, tmp_path):
     """export-slice writes a slice in the frame the PNG route assumes (the grid's central slice): both
     routes give the same shape."""

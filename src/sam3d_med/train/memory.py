@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.input_slices import EXTRA_PREFIX, MAX_SLICES, STREAMS_OF_EXTRA_SLICES
 from ..model.sam3d import CONDITION_INPUTS, SparseStructureModel
 
 GiB = 2**30
@@ -86,15 +87,21 @@ def static_bytes(model: SparseStructureModel) -> float:
     return frozen * 2.0 + sum(p.numel() for p in trained) * 4.0 * 4  # bf16 frozen; fp32 weight, grad, 2 moments
 
 
-def synthetic_batch(model: SparseStructureModel, batch: int, crop: int, device="cpu") -> dict[str, torch.Tensor]:
+def synthetic_batch(model: SparseStructureModel, batch: int, crop: int, device="cpu", num_slices: int = 1,
+                    extra_slice_streams: str = "all") -> dict[str, torch.Tensor]:
     """A training batch of the right keys and shapes for both target frames (random crops of
-    ``crop`` px, a sphere as the structure, random shape latents): for estimates and benchmarks."""
+    ``crop`` px, a sphere as the structure, random shape latents): for estimates and benchmarks.
+    ``num_slices`` > 1: every sample with that many input slices (``extra_slice_streams``' streams)."""
     g = torch.Generator().manual_seed(0)
     cfg = model.cfg
     side = cfg.occupancy_resolution
     out = {k: torch.rand(batch, 1 if "mask" in k else 3, crop, crop, generator=g) for k in CONDITION_INPUTS}
     for k in ("mask", "rgb_image_mask"):
         out[k] = (out[k] > 0.5).float()
+    if num_slices > 1:
+        for k in STREAMS_OF_EXTRA_SLICES[extra_slice_streams]:
+            out[EXTRA_PREFIX + k] = out[k][:, None].expand(batch, MAX_SLICES - 1, *out[k].shape[1:]).clone()
+        out[EXTRA_PREFIX + "present"] = (torch.arange(MAX_SLICES - 1) < num_slices - 1).float().expand(batch, -1).clone()
     grid = torch.stack(torch.meshgrid(*[torch.arange(side, dtype=torch.float32)] * 3, indexing="ij"))
     sdf = (grid - side / 2).norm(dim=0) * 3.0 - 30.0  # a sphere of 10 voxels, mm
     volume = dict(sdf=sdf.expand(batch, 1, side, side, side).clone(),
@@ -108,8 +115,9 @@ def synthetic_batch(model: SparseStructureModel, batch: int, crop: int, device="
                slice_mask=(sdf[..., side // 2] < 0).float().expand(batch, 1, side, side).clone(),
                axis=torch.full((batch,), 2), slice_idx=torch.full((batch,), side // 2),
                shape_latent=torch.randn(batch, cfg.flow.latent_channels, *(cfg.flow.resolution,) * 3, generator=g))
-    # the input slice's axis and index are read as numbers (indexing), so on the meta device they stay real
-    keep = ("axis", "slice_idx") if str(device) == "meta" else ()
+    # the input slice's axis and index, and which further slices are there, are read as numbers
+    # (indexing, how many slices to embed), so on the meta device they stay real
+    keep = ("axis", "slice_idx", EXTRA_PREFIX + "present") if str(device) == "meta" else ()
     return {k: v if k in keep else v.to(device) for k, v in out.items()}
 
 

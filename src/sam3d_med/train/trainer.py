@@ -129,7 +129,8 @@ def _memory_estimate(model: SparseStructureModel, cfg: DictConfig, frame: str):
     run = RunSettings.of(cfg)
     weights, crop = run.loss, run.data.preprocess_crop_size[0]
     return estimate_training_memory(meta, lambda m: TrainingObjective(m, weights, frame),
-                                    lambda b: synthetic_batch(meta, b, crop, "meta"))
+                                    lambda b: synthetic_batch(meta, b, crop, "meta", run.data.num_slices[-1],
+                                                              run.data.extra_slice_streams))
 
 
 # ----------------------------------------------------------------------------- checkpoint files

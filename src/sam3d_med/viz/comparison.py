@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.input_slices import InputSlices
+from ..data.input_slices import InputSlice, InputSlices
 from ..data.frames import target_frame
 from ..data.dataset import cached_case_volumes
 from ..data.geometry import canonical_resampled, take_slice
@@ -22,7 +22,7 @@ from ..data.surfaces import mask_surface_mesh, signed_distance_mm
 from ..errors import InputError
 from ..eval.layout import case_figure_path, case_volumes_path
 from ..eval.metrics import segmentation_metrics
-from ..eval.predict import (canonical_slice, load_matching_label, reconstruct_logits, surface_of_logits,
+from ..eval.predict import (canonical_slice, load_matching_label, model_inputs_of_slices, reconstruct_logits, surface_of_logits,
                             volume_frame_view, write_mesh)
 from ..io.atomic import atomic_save_npz
 from ..io.npz import read_npz
@@ -89,14 +89,15 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
                       mask_png: str | Path | None = None, class_id: int | None = None, spacing_mm: float = 3.0,
                       crop_size: int = 256, sampler=None, seed: int = 0, device: str = "cpu", batch_size: int = 8,
                       per_axis: int = 3, frame: str = "object", input_slice: bool = True,
-                      pose_fit: bool = True) -> dict:
+                      pose_fit: bool = True, further_slices=(), extra_slice_streams: str = "all") -> dict:
     """Reconstruct every structure on a stored slice of a NIfTI scan and draw the comparison grid.
 
     With ``label_path`` (ground truth on the scan's grid) every class present on the slice is
     reconstructed from its mask there, and the figure has truth and error rows; without it, one
     structure from ``mask_png`` (display orientation on the model's grid, as ``export-slice``
-    writes it) labelled ``class_id``. The
-    meshes go next to ``output_png`` (``<stem>_class<c>_pred.obj`` / ``_true.obj``)."""
+    writes it) labelled ``class_id``. ``further_slices``: (stored axis, index) of more input slices
+    (with ``label_path``: each structure from every given slice it appears on; the figure frames them
+    all). The meshes go next to ``output_png`` (``<stem>_class<c>_pred.obj`` / ``_true.obj``)."""
     image = load_volume(image_path, "image", canonical=False)
     view = canonical_slice(image, axis, slice_idx, spacing_mm)
     true_labels = None
@@ -126,11 +127,26 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
         canonical_masks = dict(zip(classes, windowed))
         if true_labels is not None:
             true_labels = window.take(true_labels, 0)
+    views = {c: ([view], [canonical_masks[c]]) for c in classes}
+    if further_slices:
+        if label_path is None or not target_frame(frame).several_slices:
+            raise InputError("several input slices need {label_path} (each structure's masks are read from the labels) "
+                             f"and a model of the object frame (this one: {target_frame(frame)})")
+        for a, i in further_slices:
+            further = canonical_slice(image, a, i, spacing_mm, canonical=view.image)
+            stored = take_slice(label.data, a, i)
+            for c in classes:
+                mask = further.mask_from_stored(stored == c)
+                if mask.any() and (further.axis, further.index) not in [(v.axis, v.index) for v in views[c][0]]:
+                    views[c][0].append(further)
+                    views[c][1].append(mask)
+    given = {c: InputSlices(tuple(InputSlice(v.axis, v.index, m) for v, m in zip(*views[c]))) for c in classes}
+    # one batch: every structure's inputs with the further slices' fields when any has further slices
+    streams = extra_slice_streams if any(len(views[c][0]) > 1 for c in classes) else None
     reconstructions = reconstruct_logits(
-        model, [view.model_inputs(canonical_masks[c], crop_size, frame) for c in classes], view.image.data.shape,
+        model, [model_inputs_of_slices(*views[c], crop_size, frame, streams) for c in classes], view.image.data.shape,
         view.image.affine, frame=frame, seed=seed, sampler=sampler, device=device, batch_size=batch_size,
-        input_slices=[InputSlices.one(view.axis, view.index, canonical_masks[c]) for c in classes] if input_slice else None,
-        pose_fit=pose_fit)
+        input_slices=[given[c] for c in classes] if input_slice else None, pose_fit=pose_fit)
     logits_by_class = {c: r.logits for c, r in zip(classes, reconstructions)}
     surfaces = {c: (r.surface_logits, r.surface_affine) for c, r in zip(classes, reconstructions)}
     scores = {}
@@ -139,14 +155,17 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
         spacing = voxel_spacing_mm(view.image.affine)
         scores = {c: segmentation_metrics(logits_by_class[c] > 0, true_labels == c, spacing) for c in classes}
     names = {c: class_names.get(c, f"class {c}") for c in classes}
-    title = (f"{Path(image_path).name}: conditioned on stored slice {slice_idx} along axis {axis} "
-             f"(= {'ijk'[view.axis]}={view.index} of the model's RAS+ grid)")
+    stored = [(axis, slice_idx), *further_slices]
+    planes = list(dict.fromkeys((s.axis, s.index) for c in classes for s in given[c]))
+    title = (f"{Path(image_path).name}: conditioned on stored slice{'s' * (len(stored) > 1)} "
+             + ", ".join(f"{i} along axis {a}" for a, i in stored)
+             + f" (= {', '.join(f'{chr(105 + a)}={i}' for a, i in planes)} of the model's RAS+ grid)")
     if scores:
         title += "\nDice " + ", ".join(f"{names[c]} {scores[c]['dice']:.2f}" for c in classes)
     output_png = Path(output_png)
     written = write_case_visuals(output_png, output_png.parent, output_png.stem, window_ct(view.image.data)[0],
                                  view.image.affine, logits_by_class, names, true_labels_ijk=true_labels,
-                                 input_slice=(view.axis, view.index), title=title, per_axis=per_axis,
+                                 input_slice=planes, title=title, per_axis=per_axis,
                                  predicted_surfaces=surfaces)
     written["scores"] = scores
     return written

@@ -40,20 +40,34 @@ def view_name(affine: np.ndarray, axis: int) -> str:
     return AXIS_VIEW_NAMES[nib.aff2axcodes(affine)[axis]]
 
 
-def display_slices(labels_ijk: np.ndarray, per_axis: int = 3, include: tuple[int, int] | None = None) -> list[tuple[int, int]]:
+def display_slices(labels_ijk: np.ndarray, per_axis: int = 3, include=None) -> list[tuple[int, int]]:
     """(axis, index) of ``per_axis`` slices along each array axis, spread evenly through the extent of
-    the foreground (the centre when there is none); ``include`` (axis, index) replaces the nearest one."""
+    the foreground (the centre when there is none); each slice of ``include`` ((axis, index), or a list
+    of them) replaces the nearest one on its axis."""
     chosen = []
+    included = input_planes(include)
     foreground = np.asarray(labels_ijk) != 0
     box = bounding_box(foreground, margin=0) if foreground.any() else None
     for axis in range(3):
         lo, hi = (box[axis].start, box[axis].stop - 1) if box else ((labels_ijk.shape[axis] - 1) / 2,) * 2
         picks = [int(round(lo + (hi - lo) * (n + 1) / (per_axis + 1))) for n in range(per_axis)]
-        if include is not None and include[0] == axis:
-            nearest = int(np.argmin([abs(p - include[1]) for p in picks]))
-            picks[nearest] = int(include[1])
+        for _, index in (s for s in included if s[0] == axis):
+            if index in picks:
+                continue
+            free = [n for n, p in enumerate(picks) if (axis, p) not in included] or list(range(len(picks)))
+            nearest = min(free, key=lambda n: abs(picks[n] - index))
+            picks[nearest] = int(index)
         chosen += [(axis, p) for p in sorted(set(picks))]
     return chosen
+
+
+def input_planes(input_slices) -> list[tuple[int, int]]:
+    """(axis, index) of each input slice: ``input_slices`` is None, one (axis, index) or a list of them."""
+    if input_slices is None:
+        return []
+    if len(input_slices) == 2 and all(isinstance(v, (int, np.integer)) for v in input_slices):
+        return [(int(input_slices[0]), int(input_slices[1]))]
+    return [(int(a), int(i)) for a, i in input_slices]
 
 
 def _plane(volume_ijk: np.ndarray, axis: int, index: int) -> np.ndarray:
@@ -97,14 +111,16 @@ def draw_slice(ax, image_ijk: np.ndarray, affine: np.ndarray, axis: int, index: 
 
 def comparison_figure(image_ijk: np.ndarray, affine: np.ndarray, pred_labels_ijk: np.ndarray,
                       class_names: dict[int, str], *, true_labels_ijk: np.ndarray | None = None,
-                      input_slice: tuple[int, int] | None = None, per_axis: int = 3, title: str = "") -> Figure:
+                      input_slice=None, per_axis: int = 3, title: str = "") -> Figure:
     """The comparison grid: columns are ``per_axis`` slices along each array axis (through the
     structures), rows the input slice, the ground truth, the prediction and the error map (the last
-    two rows need ``true_labels_ijk``). ``input_slice`` (axis, index) is the conditioning slice: its
-    column is marked, and the other views show where its plane cuts them (dashed line).
+    two rows need ``true_labels_ijk``). ``input_slice`` (axis, index), or a list of them, are the
+    conditioning slices: each one's column is framed, and the other views show where their planes cut
+    them (dashed lines).
     ``image_ijk`` holds display values in [0, 1]; label arrays hold label values; all share ``affine``."""
     # Slices go through the true structures when known (stray false positives would spread them thin).
-    slices = display_slices(pred_labels_ijk if true_labels_ijk is None else true_labels_ijk, per_axis, include=input_slice)
+    given = input_planes(input_slice)
+    slices = display_slices(pred_labels_ijk if true_labels_ijk is None else true_labels_ijk, per_axis, include=given)
     rows = [("input", {})]
     if true_labels_ijk is not None:
         rows.append(("ground truth", {"labels_ijk": true_labels_ijk}))
@@ -114,7 +130,7 @@ def comparison_figure(image_ijk: np.ndarray, affine: np.ndarray, pred_labels_ijk
     fig = Figure(figsize=(1.75 * len(slices) + 0.4, 1.75 * len(rows) + 1.3))
     axes = fig.subplots(len(rows), len(slices), squeeze=False)
     for col, (axis, index) in enumerate(slices):
-        marked = input_slice is not None and (axis, index) == tuple(input_slice)
+        marked = (axis, index) in given
         for row, (row_name, overlay) in enumerate(rows):
             ax = axes[row][col]
             draw_slice(ax, image_ijk, affine, axis, index, letters=(row == 0), **overlay)
@@ -123,10 +139,10 @@ def comparison_figure(image_ijk: np.ndarray, affine: np.ndarray, pred_labels_ijk
             if marked:
                 for spine in ax.spines.values():
                     spine.set(color="gold", linewidth=2.5)
-        if input_slice is not None and not marked and input_slice[0] != axis:
-            p, q = (a for a in range(3) if a != axis)
-            line = axes[0][col].axvline if input_slice[0] == p else axes[0][col].axhline
-            line(input_slice[1], color="gold", linestyle="--", linewidth=0.9)
+        p, q = (a for a in range(3) if a != axis)
+        for plane_axis, plane_index in (s for s in given if s[0] != axis):  # where each input plane cuts this view
+            line = axes[0][col].axvline if plane_axis == p else axes[0][col].axhline
+            line(plane_index, color="gold", linestyle="--", linewidth=0.9)
         axes[0][col].set_title(f"{view_name(affine, axis)} {'ijk'[axis]}={index}" + ("\n(input slice)" if marked else ""),
                                fontsize=8, color="darkgoldenrod" if marked else "black")
     fig.legend(handles=legend_handles(class_names, with_errors=true_labels_ijk is not None), loc="lower center",
