@@ -78,12 +78,13 @@ def print_table(rows: list[dict]) -> None:
                 hulls = [next(r for r in block if r["k"] == k and r["method"] == hull)["overall"].get(key) for k in ks]
                 print(f"  {method:<32}" + "".join(f"{cell(v):>10}" for v in values)
                       + "".join(f"{v / h:>12.2f}" for v, h in zip(values, hulls) if ratios))
-        k = ks[-1]
-        present = [c for c in CLASSES if any(c in r for r in block)]
-        print(f"Dice per class at K={k}" + " " * 13 + "".join(f"{c[:13]:>14}" for c in present))
-        for method in methods:
-            r = next(r for r in block if r["k"] == k and r["method"] == method)
-            print(f"  {method:<32}" + "".join(f"{cell((r.get(c) or {}).get('dice')):>14}" for c in present))
+        present = [c for c in CLASSES if any(c in r for r in block)]  # a class the case lacks: not a column
+        for title, key, _ in METRICS:
+            for k in ks:
+                print(f"{title} per class, K={k}".ljust(34) + "".join(f"{c[:13]:>14}" for c in present))
+                for method in methods:
+                    r = next(r for r in block if r["k"] == k and r["method"] == method)
+                    print(f"  {method:<32}" + "".join(f"{cell((r.get(c) or {}).get(key)):>14}" for c in present))
 
 
 def main() -> None:
