@@ -320,9 +320,13 @@ def test_several_input_slices_are_scored_with_baselines_on_the_same_slices(train
 
     from sam3d_med.cli import main
 
+    from sam3d_med.viz.comparison import write_evaluation_case_visuals
+
     out = tmp_path / "two"
     options = EvalOptions(batch_size=4, steps=2, max_cases=1, num_slices=2)
-    document = evaluate(trained / "ckpt" / "best.pt", trained / "test_cache", out, options, log=lambda m: None)
+    document = evaluate(trained / "ckpt" / "best.pt", trained / "test_cache", out, options, log=lambda m: None,
+                        case_visuals=write_evaluation_case_visuals)
+    assert_png_not_blank(out / "visualizations" / "s0201.png")
     records = document["records"]
     assert {r["method"] for r in records} == {"model", "mean_shape", "visual_hull"}
     assert document["protocol"]["input_slices"] == {"num_slices": 2, "slice_policy": "orthogonal", "slice_spacing_mm": 15.0}

@@ -206,8 +206,9 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
     baselines); ``source`` names it in the protocol (a checkpoint's path, or a base's folder) and
     ``weights`` identifies its weights there (cases scored with other weights are scored again).
     ``case_visuals(data_root, case, viz_dir, axis, logits, slices, class_names, records)``, when given,
-    writes a case's figures from each class's logits reconstructed from its slice along ``axis``
-    (``slices``: class -> slice index); a case scored before without its figure is scored again."""
+    writes a case's figures from each class's logits reconstructed from its slice along ``axis`` (and
+    its further input slices: ``slices``: class -> [(axis, index), ...], that slice first); a case
+    scored before without its figure is scored again."""
     from tqdm import tqdm
 
     data_root, output_dir = Path(data_root), Path(output_dir)
@@ -302,7 +303,7 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                 model_logits = frame.to_case_grid(model_logits, window, -SLICE_LOGIT)
                 if case_visuals is not None and entry["axis"] == viz_axis:
                     viz_logits[cls] = model_logits
-                    viz_slices[cls] = entry["slice_idx"]
+                    viz_slices[cls] = [tuple(plane) for plane in given[b].planes()]
                 predictions = {"model": model_logits > 0, "mean_shape": priors.mean_shape(cls, truth.shape),
                                **slice_baselines(priors, truth, cls, given[b], options, spacing)}
                 if unet_logits is not None:

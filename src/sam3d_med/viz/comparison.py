@@ -194,15 +194,22 @@ def write_evaluation_case_visuals(data_root: Path, case: dict, viz_dir: Path, ax
     """The evaluation's figures of one cached case (``eval.runner``'s ``case_visuals``): its comparison
     grid (``layout.case_figure_path``) and the volumes the report draws its surfaces from
     (``layout.case_volumes_path``), each class as reconstructed from its chosen slice along ``axis``
-    (``slices``: class -> slice index; ``logits``: class -> logits on the case's grid)."""
+    and its further input slices, if any (``slices``: class -> [(axis, index), ...], that slice first;
+    the figure frames every one); ``logits``: class -> logits on the case's grid."""
     from .slices import view_name
 
     image, labels, affine = cached_case_volumes(data_root, case)
     labels = only_classes(labels, logits)
     dice = {r["class_id"]: r["dice"] for r in records if r["method"] == "model" and r["axis"] == axis}
     class_names = {c: names[str(c)] for c in logits}
+
+    def planes(c):  # its slice along ``axis`` by index, as before; further slices by axis letter too
+        first, *further = slices[c]
+        return " + ".join([str(first[1])] + [f"{'ijk'[a]}={i}" for a, i in further])
+
     title = (f"{case['case_id']}: each class reconstructed from its {view_name(affine, axis)} slice "
-             f"({'ijk'[axis]}): " + ", ".join(f"{class_names[c]} {slices[c]} (Dice {dice[c]:.2f})" for c in sorted(logits)))
+             f"({'ijk'[axis]}): " + ", ".join(f"{class_names[c]} {planes(c)} (Dice {dice[c]:.2f})" for c in sorted(logits)))
+    framed = list(dict.fromkeys(plane for c in sorted(logits) for plane in slices[c][1:]))
     write_case_visuals(case_figure_path(viz_dir, case["case_id"]), None, case["case_id"], image, affine, logits,
-                       class_names, true_labels_ijk=labels, title=title)
+                       class_names, true_labels_ijk=labels, title=title, input_slice=framed or None)
     save_case_volumes(case_volumes_path(viz_dir, case["case_id"]), logits, labels, affine)
