@@ -40,7 +40,7 @@ from sam3d_med.train.trainer import build_model, resolve_device, train  # noqa: 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["left_atrium", "left_ventricle", "right_atrium", "right_ventricle", "myocardium"]
 STROCCHI = "strocchi2020_case01"
-TRAININGS = {"LoRA, 1 slice": "[1]", "LoRA, 1-3 slices": "[1,3]"}
+TRAININGS = "LoRA, 1 slice=[1];LoRA, 1-3 slices=[1,3]"  # row name=data.num_slices, ";" between
 
 
 def score(test_set: str, cache: Path, k: int, models: dict, base_model, base_cfg: dict, work: Path,
@@ -95,7 +95,8 @@ def main() -> None:
     parser.add_argument("--table", default=None, metavar="JSON", help="only print the tables of an earlier run's --json")
     parser.add_argument("--train_cases", type=int, default=24)
     parser.add_argument("--test_cases", type=int, default=4)
-    parser.add_argument("--num_slices", default="1,2,3")
+    parser.add_argument("--num_slices", default="1,2,3", help="K of the evaluations")
+    parser.add_argument("--trainings", default=TRAININGS, help="the LoRA runs: NAME=data.num_slices, ';' between")
     parser.add_argument("overrides", nargs="*", help="more key=value training settings (both LoRA runs)")
     args = parser.parse_args()
     if args.table:
@@ -118,7 +119,7 @@ def main() -> None:
 
     device = str(resolve_device(args.device))
     models, minutes = {}, {}
-    for name, num_slices in TRAININGS.items():
+    for name, num_slices in (part.split("=") for part in args.trainings.split(";")):
         t0 = time.perf_counter()
         folder = work / f"ckpt_{num_slices.strip('[]').replace(',', '-')}"
         args_k = argparse.Namespace(**{**vars(args), "overrides": [*args.overrides, f"data.num_slices={num_slices}"]})
