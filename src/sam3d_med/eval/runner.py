@@ -301,17 +301,19 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                 window = dataset.windows.get(case["case_id"])  # the frame's, if it sees the case through one
                 truth = frame.to_case_grid(truth, window, False)
                 model_logits = frame.to_case_grid(model_logits, window, -SLICE_LOGIT)
+                # the input slices on the case's grid (a windowed frame's batch has the first on its window)
+                planes = [[int(entry["axis"]), int(entry["slice_idx"])]] + given[b].planes()[1:]
                 if case_visuals is not None and entry["axis"] == viz_axis:
                     viz_logits[cls] = model_logits
-                    viz_slices[cls] = [tuple(plane) for plane in given[b].planes()]
+                    viz_slices[cls] = [tuple(plane) for plane in planes]
                 predictions = {"model": model_logits > 0, "mean_shape": priors.mean_shape(cls, truth.shape),
-                               **slice_baselines(priors, truth, cls, given[b], options, spacing)}
+                               **slice_baselines(priors, truth, cls, planes, options, spacing)}
                 if unet_logits is not None:
                     predictions[UNET_METHOD] = unet_logits[b] > 0
                 for method, pred in predictions.items():
                     case_records.append({"case_id": case["case_id"], "class_id": cls, "class_name": names[str(cls)],
                                          "axis": entry["axis"], "slice_idx": entry["slice_idx"],
-                                         "input_slices": given[b].planes(), "method": method,
+                                         "input_slices": planes, "method": method,
                                          **segmentation_metrics(pred, truth, spacing, options.nsd_tolerances_mm,
                                                               options.nsd_definition)})
         if case_visuals is not None and viz_logits:
@@ -322,18 +324,19 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
     return write_reports(records, output_dir, protocol, names, options, warnings)
 
 
-def slice_baselines(priors: TrainingPriors, truth: np.ndarray, cls: int, given: InputSlices, options: EvalOptions,
+def slice_baselines(priors: TrainingPriors, truth: np.ndarray, cls: int, slices: list, options: EvalOptions,
                     spacing_mm) -> dict[str, np.ndarray]:
-    """The baselines that use the input slices (their planes of ``truth``, the case-grid occupancy):
-    one slice, ``extrude``; several, the ``visual_hull`` (``extrude`` is its one-slice case) and, for
-    parallel slices, ``interpolation`` (shape-based, of their signed distances)."""
-    if len(given) == 1 and options.num_slices == 1:
-        return {"extrude": priors.extrude(truth, cls, given.primary.axis, given.primary.index)}
-    planes = [InputPlane(s.axis, s.index, np.take(truth, s.index, axis=s.axis).astype(bool)) for s in given]
+    """The baselines that use the input slices (``slices``: [axis, index] of each on the case's grid,
+    the first the primary one; their planes of ``truth``, the case-grid occupancy): one slice,
+    ``extrude``; several, the ``visual_hull`` (``extrude`` is its one-slice case) and, for parallel
+    slices, ``interpolation`` (shape-based, of their signed distances)."""
+    (axis, index), *_ = slices
+    if options.num_slices == 1:
+        return {"extrude": priors.extrude(truth, cls, axis, index)}
+    planes = [InputPlane(a, i, np.take(truth, i, axis=a).astype(bool)) for a, i in slices]
     out = {"visual_hull": visual_hull(planes, truth.shape, priors.extent[cls])}
     if "interpolation" in options.baselines:
-        out["interpolation"] = shape_based_interpolation(planes, truth.shape, spacing_mm,
-                                                         priors.extent[cls][given.primary.axis])
+        out["interpolation"] = shape_based_interpolation(planes, truth.shape, spacing_mm, priors.extent[cls][axis])
     return out
 
 
