@@ -436,34 +436,37 @@ def load_for_inference(args, several_slices: bool = False) -> dict:
     return out
 
 
-def input_slice_options(args) -> list[tuple[int, int]]:
-    """(axis, index) of each input slice: --axis/--slice_idx, then every --slice AXIS:INDEX."""
-    slices = []
+def input_slice_options(args, with_flags: bool = False):
+    """(axis, index) of each input slice: --axis/--slice_idx, then every --slice AXIS:INDEX; with
+    ``with_flags`` also how each was written (for errors that name it)."""
+    slices, flags = [], []
     if args.axis is not None or args.slice_idx is not None:
         if args.axis is None or args.slice_idx is None:
             raise Sam3dMedError("--axis and --slice_idx go together (or give --slice AXIS:INDEX)")
         slices.append((args.axis, args.slice_idx))
+        flags.append(None)
     for text in args.slices:
         try:
             axis, index = (int(part) for part in text.split(":"))
         except ValueError:
             raise Sam3dMedError(f"--slice {text}: give AXIS:INDEX, e.g. 2:31 (the stored array axis and slice)") from None
         slices.append((axis, index))
+        flags.append(f"--slice {text}")
     if not slices:
         raise Sam3dMedError("give the input slice: --axis A --slice_idx I, or --slice AXIS:INDEX (repeated for several)")
     if len(slices) > 3 or len(set(slices)) < len(slices):
         raise Sam3dMedError(f"--slice: 1 to 3 different input slices (got {', '.join(f'{a}:{i}' for a, i in slices)})")
-    return slices
+    return (slices, flags) if with_flags else slices
 
 
 def cmd_predict(args) -> int:
     from . import preflight
 
     check_inference_arguments(args)
-    slices = input_slice_options(args)
+    slices, flags = input_slice_options(args, with_flags=True)
     shape = preflight.nifti_shape(args.image, "--image", "image")
-    for axis, index in slices:
-        preflight.slice_option(shape, axis, index)
+    for (axis, index), flag in zip(slices, flags):
+        preflight.slice_option(shape, axis, index, given=flag)
     if len(slices) > 1 and args.label is None:
         raise Sam3dMedError("several input slices need --label with --class (each slice's mask is read from the labels)")
     if args.label is not None:
@@ -472,6 +475,8 @@ def cmd_predict(args) -> int:
         preflight.nifti_shape(args.label, "--label", "label")
         preflight.label_on_image_grid(args.image, args.label)
         preflight.label_class(args.label, args.class_id)
+        if len(slices) > 1:  # before the model loads: a slice without the class is one line at once
+            preflight.class_on_slices(args.image, args.label, args.class_id, slices, flags)
     elif args.mask is not None:
         preflight.existing_file(args.mask, "--mask", "mask PNG")
     else:
@@ -599,12 +604,12 @@ def cmd_visualize_comparison(args) -> int:
     check_inference_arguments(args)
     if args.slice_idx is None:
         args.axis = None  # --axis (default 2) goes with --slice_idx
-    slices = input_slice_options(args)
+    slices, flags = input_slice_options(args, with_flags=True)
     if len(slices) > 1 and args.mask is not None and args.label is None:
         raise Sam3dMedError("several input slices need --label (each structure's masks are read from the labels)")
     shape = preflight.nifti_shape(args.volume, "--volume", "scan")
-    for axis, index in slices:
-        preflight.slice_option(shape, axis, index)
+    for (axis, index), flag in zip(slices, flags):
+        preflight.slice_option(shape, axis, index, given=flag)
     if args.label is None and args.mask is None:
         # a case in the tutorial's layout holds its label beside the image: the ground truth to compare with
         args.label = preflight.label_beside(args.volume)

@@ -145,12 +145,33 @@ def nifti_shape(path: str | os.PathLike, flag: str, what: str) -> tuple[int, int
     return shape
 
 
-def slice_option(shape: tuple[int, int, int], axis: int, index: int, what: str = "image") -> None:
+def slice_option(shape: tuple[int, int, int], axis: int, index: int, what: str = "image",
+                 given: str | None = None) -> None:
+    """The slice exists; ``given``: how the user wrote it (``--slice 2:30``), else --axis/--slice_idx."""
     if axis not in (0, 1, 2):
-        raise ConfigError(f"--axis {axis}: must be 0, 1 or 2 (the stored array axis)")
+        raise ConfigError(f"{given}: the axis must be 0, 1 or 2 (the stored array axis)" if given
+                          else f"--axis {axis}: must be 0, 1 or 2 (the stored array axis)")
+    where = f"outside the {what}'s {shape[axis]} slices along axis {axis} (0..{shape[axis] - 1})"
     if not 0 <= index < shape[axis]:
-        raise InputError(f"--slice_idx {index} is outside the {what}'s {shape[axis]} slices along axis {axis} "
-                         f"(0..{shape[axis] - 1})")
+        raise InputError(f"{given}: slice {index} is {where}" if given else f"--slice_idx {index} is {where}")
+
+
+def class_on_slices(image_path: str | os.PathLike, label_path: str | os.PathLike, class_id: int, slices, flags) -> None:
+    """The class occurs on every given slice ((axis, index) of the image as stored; ``flags``: how each
+    was written); one line naming the slice and where the class is along that axis. Checked here only
+    for a label stored in the image's order (another order is checked once it is reordered)."""
+    import nibabel as nib
+    import numpy as np
+
+    image, label = nib.load(str(image_path)), nib.load(str(label_path))
+    if image.shape[:3] != label.shape[:3] or not np.allclose(image.affine, label.affine, atol=1e-4):
+        return
+    present = np.asarray(label.dataobj).reshape(label.shape[:3]) == class_id
+    for (axis, index), flag in zip(slices, flags):
+        if not np.take(present, index, axis=axis).any():
+            where = np.flatnonzero(present.any(axis=tuple(a for a in range(3) if a != axis)))
+            raise InputError(f"{flag or f'--slice_idx {index}'}: --class {class_id} is not on slice {index} along axis {axis}: it occurs on "
+                             f"slices {where.min()}..{where.max()} along that axis")
 
 
 def label_beside(image_path: str | os.PathLike) -> Path | None:

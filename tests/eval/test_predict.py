@@ -291,6 +291,16 @@ def test_predict_from_several_slices_keeps_every_input_plane(trained, tmp_path):
     for axis, index in planes:  # the phantom's grid is the model's (3 mm, axis-aligned): planes map one to one
         assert np.array_equal(np.take(predicted, index, axis=axis), np.take(present, index, axis=axis))
     assert main(base + ["--slice", "2:5:1", "--out", str(tmp_path / "x.nii.gz")]) == 1
+    # a further slice without the class, or beyond the scan: one line naming it, before the model loads
+    empty = next(i for i in range(present.shape[0]) if not present[i].any())
+    done = subprocess.run([sys.executable, "-m", "sam3d_med.cli", *base, "--slice", f"2:{planes[0][1]}",
+                           "--slice", f"0:{empty}", "--out", str(tmp_path / "x.nii.gz")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr.startswith(f"error: --slice 0:{empty}: --class 2 is not on slice"), done.stderr
+    assert "it occurs on slices" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    done = subprocess.run([sys.executable, "-m", "sam3d_med.cli", *base, "--slice", "2:99", "--out",
+                           str(tmp_path / "x.nii.gz")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr.startswith("error: --slice 2:99: slice 99 is outside"), done.stderr
     assert main(base + ["--slice", "2:3", "--slice", "2:3", "--out", str(tmp_path / "x.nii.gz")]) == 1
     done = subprocess.run([sys.executable, "-m", "sam3d_med.cli", *base[:5], "--device", "cpu", "--slice", "2:30",
                            "--slice", "0:30", "--mask", str(tmp_path / "m.png"), "--out", str(tmp_path / "x.nii.gz")],

@@ -9,7 +9,7 @@ import pytest
 from sam3d_med.data.dataset import load_manifest
 from sam3d_med.data.dataset import choose_slices
 from sam3d_med.eval.runner import EvalOptions, TrainingPriors, evaluate
-from sam3d_med.errors import InputError
+from sam3d_med.errors import ConfigError, InputError
 from sam3d_med.viz.comparison import case_surfaces, load_case_volumes
 from tests.conftest import assert_png_not_blank
 
@@ -351,3 +351,5 @@ def test_several_input_slices_are_scored_with_baselines_on_the_same_slices(train
     assert main(["eval", "--checkpoint", str(trained / "ckpt" / "best.pt"), "--data_root", str(trained / "test_cache"),
                  "--output_dir", str(tmp_path / "cli"), "--steps", "1", "--max_cases", "1", "--num_slices", "4"]) == 1
     del nib
+    with pytest.raises(ConfigError, match="slice_spacing_mm=0: must be more than 0"):
+        EvalOptions(num_slices=2, slice_policy="parallel", slice_spacing_mm=0)

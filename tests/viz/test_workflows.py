@@ -103,6 +103,19 @@ def test_visualize_comparison_from_several_slices_frames_each(trained, scan, tmp
     assert done.returncode == 0, done.stderr[-2000:]
     assert_png_not_blank(out, min_size=(1200, 700))
     assert "Dice" in done.stdout
+    # a structure that only a further slice shows is reconstructed from it too (every given slice counts)
+    classes_on = [[set(np.unique(np.take(labels, i, axis=a)).tolist()) - {0} for i in range(64)] for a in range(3)]
+    k, i = next((k, i) for k in range(64) for i in range(64)
+                if classes_on[2][k] and classes_on[0][i] - classes_on[2][k])
+    done = run(REPO / "scripts" / "visualize_comparison.py", "--checkpoint", trained / "ckpt" / "best.pt", "--volume", image,
+               "--slice", f"2:{k}", "--slice", f"0:{i}", "--output", tmp_path / "union.png", "--label", label,
+               "--steps", 1, "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
+    drawn = {int(c) for c in re.findall(r"class (\d)", done.stdout)}
+    assert drawn == classes_on[2][k] | classes_on[0][i], (drawn, k, i)
+    done = run(REPO / "scripts" / "visualize_comparison.py", "--checkpoint", trained / "ckpt" / "best.pt", "--volume", image,
+               "--slice", "2:32", "--slice", "0:99", "--label", label, "--output", tmp_path / "x.png", "--device", "cpu")
+    assert_one_line_error(done, "--slice 0:99: slice 99 is outside the image's 64 slices along axis 0")
     done = run(REPO / "scripts" / "visualize_comparison.py", "--checkpoint", trained / "ckpt" / "best.pt", "--volume", image,
                "--slice", "2:32", "--slice", "0:30", "--mask", tmp_path / "m.png", "--class", 2,
                "--output", tmp_path / "x.png", "--device", "cpu")

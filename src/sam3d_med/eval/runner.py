@@ -121,6 +121,8 @@ class EvalOptions:
             raise ConfigError(f"must be one of {', '.join(POLICIES)}", parameter="policy", value=self.policy)
         if isinstance(self.num_slices, bool) or not isinstance(self.num_slices, int) or not 1 <= self.num_slices <= MAX_SLICES:
             raise ConfigError(f"must be a whole number in 1..{MAX_SLICES}", parameter="num_slices", value=self.num_slices)
+        if isinstance(self.slice_spacing_mm, bool) or not self.slice_spacing_mm > 0:
+            raise ConfigError("must be more than 0 (mm)", parameter="slice_spacing_mm", value=self.slice_spacing_mm)
         if self.slice_policy not in SLICE_POLICIES:
             raise ConfigError(f"must be one of {', '.join(SLICE_POLICIES)}", parameter="slice_policy",
                               value=self.slice_policy)
@@ -264,7 +266,8 @@ def evaluate_model(model, cfg: dict, source: str, data_root: str | Path, output_
                 continue
         todo.append(case)
     if len(todo) < len(cases):
-        log(f"{len(cases) - len(todo)} cases already scored with this protocol (delete {cases_dir} to redo)")
+        done = len(cases) - len(todo)
+        log(f"{done} case{'s' * (done != 1)} already scored with this protocol (delete {cases_dir} to redo)")
     for case in tqdm(todo, desc="evaluate", unit="case"):
         chosen = [(case["case_id"], entry, cls) for entry, cls in choose_slices(case, axes, options.policy)
                   if cls in groups]  # excluded classes are not scored
@@ -474,13 +477,14 @@ def summary_table(document: dict) -> str:
     per_method = document["summary"]
     methods = list(per_method)
     shown = [m for m in metric_table(()) if m.console]  # the table's console metrics (no NSD among them)
-    lines = [f"{'class':<18}" + "".join(f"{method + ' ' + m.column:>17}" for method in methods for m in shown)]
+    width = 1 + max(17, *(len(f"{method} {m.column}") for method in methods for m in shown))
+    lines = [f"{'class':<18}" + "".join(f"{method + ' ' + m.column:>{width}}" for method in methods for m in shown)]
     classes = list(per_method["model"]["per_class"])
     for name in classes + ["(all)"]:
         cells = []
         for method in methods:
             stats = per_method[method]["overall"] if name == "(all)" else per_method[method]["per_class"][name]
-            cells += [f"{distance_cell(stats[m.key]):>17}" if m.unit == "mm" else f"{stats[m.key][m.statistic]:>17.3f}"
-                      for m in shown]
+            cells += [f"{distance_cell(stats[m.key]):>{width}}" if m.unit == "mm"
+                      else f"{stats[m.key][m.statistic]:>{width}.3f}" for m in shown]
         lines.append(f"{name:<18}" + "".join(cells))
     return "\n".join(lines)

@@ -394,6 +394,9 @@ def training_data(cfg: DictConfig, model: SparseStructureModel, ranks: Ranks, id
              len(train_set.pairs), len(train_set.samples), len(val_ids), len(val_set.pairs), len(val_set), list(crop),
              "every (case, class) pair once, with a slice drawn afresh" if train_set.epoch_mode == "pairs"
              else "every (slice, class) sample")
+    if data.num_slices[-1] > 1:
+        log.info("input slices per sample: %s (drawn per sample), the further ones %s, their %s condition streams",
+                 "-".join(map(str, data.num_slices)), data.slice_policy, data.extra_slice_streams)
 
     batch_size = run.training.batch_size
     if ranks.world_size > 1:

@@ -132,14 +132,23 @@ def compare_on_volume(model, image_path: str | Path, axis: int, slice_idx: int, 
         if label_path is None or not target_frame(frame).several_slices:
             raise InputError("several input slices need {label_path} (each structure's masks are read from the labels) "
                              f"and a model of the object frame (this one: {target_frame(frame)})")
+        # every structure on any given slice, each from the given slices it is on, in the order given
         for a, i in further_slices:
             further = canonical_slice(image, a, i, spacing_mm, canonical=view.image)
             stored = take_slice(label.data, a, i)
-            for c in classes:
+            found = False
+            for c in sorted(int(v) for v in np.unique(stored) if v != 0 and int(v) in class_names):
                 mask = further.mask_from_stored(stored == c)
-                if mask.any() and (further.axis, further.index) not in [(v.axis, v.index) for v in views[c][0]]:
-                    views[c][0].append(further)
-                    views[c][1].append(mask)
+                if not mask.any():
+                    continue
+                found = True
+                planes_of_c = views.setdefault(c, ([], []))
+                if (further.axis, further.index) not in [(v.axis, v.index) for v in planes_of_c[0]]:
+                    planes_of_c[0].append(further)
+                    planes_of_c[1].append(mask)
+            if not found:
+                raise InputError(f"{label_path}: no labelled structure ({sorted(class_names)}) on slice {i} along axis {a}")
+        classes = sorted(views)
     given = {c: InputSlices(tuple(InputSlice(v.axis, v.index, m) for v, m in zip(*views[c]))) for c in classes}
     # one batch: every structure's inputs with the further slices' fields when any has further slices
     streams = extra_slice_streams if any(len(views[c][0]) > 1 for c in classes) else None
