@@ -477,7 +477,7 @@ def summary_table(document: dict) -> str:
     per_method = document["summary"]
     methods = list(per_method)
     shown = [m for m in metric_table(()) if m.console]  # the table's console metrics (no NSD among them)
-    width = 1 + max(17, *(len(f"{method} {m.column}") for method in methods for m in shown))
+    width = max(17, *(1 + len(f"{method} {m.column}") for method in methods for m in shown))
     lines = [f"{'class':<18}" + "".join(f"{method + ' ' + m.column:>{width}}" for method in methods for m in shown)]
     classes = list(per_method["model"]["per_class"])
     for name in classes + ["(all)"]:
