@@ -474,9 +474,8 @@ def cmd_predict(args) -> int:
             raise Sam3dMedError("--label needs --class (the label value to reconstruct)")
         preflight.nifti_shape(args.label, "--label", "label")
         preflight.label_on_image_grid(args.image, args.label)
-        preflight.label_class(args.label, args.class_id)
-        if len(slices) > 1:  # before the model loads: a slice without the class is one line at once
-            preflight.class_on_slices(args.image, args.label, args.class_id, slices, flags)
+        # before the model loads: a further slice without the class is one line at once
+        preflight.label_class(args.label, args.class_id, args.image, slices if len(slices) > 1 else (), flags)
     elif args.mask is not None:
         preflight.existing_file(args.mask, "--mask", "mask PNG")
     else:

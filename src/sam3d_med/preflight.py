@@ -156,24 +156,6 @@ def slice_option(shape: tuple[int, int, int], axis: int, index: int, what: str =
         raise InputError(f"{given}: slice {index} is {where}" if given else f"--slice_idx {index} is {where}")
 
 
-def class_on_slices(image_path: str | os.PathLike, label_path: str | os.PathLike, class_id: int, slices, flags) -> None:
-    """The class occurs on every given slice ((axis, index) of the image as stored; ``flags``: how each
-    was written); one line naming the slice and where the class is along that axis. Checked here only
-    for a label stored in the image's order (another order is checked once it is reordered)."""
-    import nibabel as nib
-    import numpy as np
-
-    image, label = nib.load(str(image_path)), nib.load(str(label_path))
-    if image.shape[:3] != label.shape[:3] or not np.allclose(image.affine, label.affine, atol=1e-4):
-        return
-    present = np.asarray(label.dataobj).reshape(label.shape[:3]) == class_id
-    for (axis, index), flag in zip(slices, flags):
-        if not np.take(present, index, axis=axis).any():
-            where = np.flatnonzero(present.any(axis=tuple(a for a in range(3) if a != axis)))
-            raise InputError(f"{flag or f'--slice_idx {index}'}: --class {class_id} is not on slice {index} along axis {axis}: it occurs on "
-                             f"slices {where.min()}..{where.max()} along that axis")
-
-
 def label_beside(image_path: str | os.PathLike) -> Path | None:
     """The label of a case in the tutorial's layout: ``sNNNN-label.nii.gz`` beside ``sNNNN-image.nii.gz``."""
     image_path = Path(image_path)
@@ -195,15 +177,32 @@ def absent_class_error(class_id: int, label_path, data) -> InputError | None:
                       f"{', '.join(map(str, values)) or 'none, only background'})", parameter="class_id", value=class_id)
 
 
-def label_class(label_path: str | os.PathLike, class_id: int) -> None:
-    """The class occurs in the label volume (the values are read; whether it is on the slice is checked
-    once the label is on the image's grid, which may take reordering)."""
+def label_class(label_path: str | os.PathLike, class_id: int, image_path: str | os.PathLike | None = None,
+                slices=(), flags=()) -> None:
+    """The class occurs in the label volume (the values are read once), and on every slice of
+    ``slices`` ((axis, index) of ``image_path`` as stored; ``flags``: how each was written, for the one
+    line naming it and where the class is along that axis). The slices are checked here only for a
+    label stored in the image's order; otherwise (and for no ``slices``) once the label is on the
+    image's grid, which may take reordering."""
     import nibabel as nib
     import numpy as np
 
-    error = absent_class_error(class_id, label_path, np.asarray(nib.load(str(label_path)).dataobj))
+    label = nib.load(str(label_path))
+    values = np.asarray(label.dataobj)
+    error = absent_class_error(class_id, label_path, values)
     if error is not None:
         raise error
+    if not slices:
+        return
+    image = nib.load(str(image_path))
+    if image.shape[:3] != label.shape[:3] or not np.allclose(image.affine, label.affine, atol=1e-4):
+        return
+    present = values.reshape(label.shape[:3]) == class_id
+    for (axis, index), flag in zip(slices, flags):
+        if not np.take(present, index, axis=axis).any():
+            where = np.flatnonzero(present.any(axis=tuple(a for a in range(3) if a != axis)))
+            raise InputError(f"{flag or f'--slice_idx {index}'}: --class {class_id} is not on slice {index} along "
+                             f"axis {axis}: it occurs on slices {where.min()}..{where.max()} along that axis")
 
 
 def label_on_image_grid(image_path: str | os.PathLike, label_path: str | os.PathLike, flag: str = "--label") -> None:

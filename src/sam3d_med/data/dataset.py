@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..io.npz import read_npz
+from ..settings import EPOCH_MODES
 from .geometry import take_slice, world_grid
 from .object_frame import DEFAULT_CUBE_MARGIN, ObjectCube, object_cube
 from .frames import TargetFrame, target_frame
@@ -51,11 +52,10 @@ from .volume_window import VolumeWindow, window_around
 
 BOX_FACTOR = 1.2
 AIR_WINDOWS = window_ct(np.full((1, 1, 1), AIR_HU))[:, 0, 0, 0]  # air in each CT window: the image's padding
-# What one pass over the dataset is (``epoch_mode``): "pairs", every (case, class) pair once, each
-# time with a slice drawn afresh among those where the class has at least min_pixels (any cached
-# axis), seeded by (seed, epoch, index); "slices", every (slice, class) sample of the cache
-# (exhaustive). Declared with its setting (data.epoch).
-from ..settings import EPOCH_MODES  # noqa: E402
+# What one pass over the dataset is (``epoch_mode``, ``settings.EPOCH_MODES``): "pairs", every (case,
+# class) pair once, each time with a slice drawn afresh among those where the class has at least
+# min_pixels (any cached axis), seeded by (seed, epoch, index); "slices", every (slice, class) sample
+# of the cache (exhaustive).
 # Which slice of each (case, class, axis) the evaluation conditions on (``choose_slices``); validation
 # uses the evaluation's default, so that best.pt is chosen by what the evaluation then measures.
 POLICIES = ("max_area", "center")

@@ -27,7 +27,7 @@ from numbers import Integral, Real
 import numpy as np
 
 from .cache import case_spacing, class_pixels
-from .input_slices import MAX_SLICES, SLICE_POLICIES  # noqa: F401 (declared with the input slices)
+from .input_slices import MAX_SLICES, SLICE_POLICIES  # declared with the input slices
 
 
 def _key(entry: dict) -> tuple[int, int]:

@@ -101,12 +101,6 @@ class CanonicalSlice:
         # pixels of the window beyond the scan have no stored pixel: coordinates far outside it
         return CanonicalSlice(image, self.axis, index, window.take_plane(self.stored_in_plane, self.axis, -1.0e6))
 
-    def model_inputs(self, mask_canonical: np.ndarray, crop_size: int, frame: str) -> dict:
-        """``condition_inputs`` of this slice with a canonical-grid mask [H, W] (as in training)."""
-        image3 = take_slice(window_ct(self.image.data), self.axis, self.index, leading=1)
-        return slice_model_inputs(image3, mask_canonical, self.image.affine, self.image.data.shape, self.axis,
-                                  self.index, crop_size, frame)
-
 
 def model_inputs_of_slices(views: list[CanonicalSlice], masks: list[np.ndarray], crop_size: int, frame,
                            extra_slice_streams: str | None) -> dict:

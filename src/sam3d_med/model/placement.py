@@ -6,11 +6,11 @@
   (world = normalised * scale + shift) and the cube is sampled at every voxel centre of the grid
   (trilinear in the cube; ``OUTSIDE_LOGIT`` beyond it).
 
-The input slice is ground truth, given by the user, and is used twice (``input_planes``): the
-predicted pose is first fitted to it (``fit_pose_to_input_planes``: the placed shape's cross-section
-on the input plane is moved and scaled in the plane onto the mask, as SAM3D's layout
-post-optimisation fits the pose to the input mask and pointmap), then ``impose_input_slice`` makes
-the prediction equal the input mask on that plane.
+The input slices are ground truth, given by the user, and are used twice (``data.input_slices``): the
+predicted pose is first fitted to them (``fit_pose_to_input_slices``: the placed shape's cross-section
+on each input plane is moved and scaled in the plane onto its mask, as SAM3D's layout
+post-optimisation fits the pose to the input mask and pointmap), then ``impose_input_slices`` makes
+the prediction equal each input mask on its plane.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path
@@ -112,11 +112,11 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     """The trained model of a training checkpoint (base weights rebuilt as configured, adapters or
     trained weights loaded), in eval mode, and the checkpoint's payload."""
     payload = read_training_checkpoint(path)
-    cfg = OmegaConf.create(payload["config"])
-    model, identity = build_model(cfg)
+    run = RunSettings.from_config(payload["config"], legacy=True)
+    model, identity = build_model(run)
     if identity != payload["base_identity"]:
         raise ConfigError(f"{path}: its base weights ({payload['base_identity']}) are not the ones found now ({identity})")
-    configure_trainable(model, cfg)
+    configure_trainable(model, run)
     load_trained_state(model, payload["trained_state"], path)
     return model.to(device).eval(), payload
 
